@@ -1,0 +1,62 @@
+"""Small helpers shared by the tests: bounded waits and reading exposition text."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.1, what: str = ""
+) -> T:
+    """Poll predicate until it returns something truthy; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as exc:  # noqa: BLE001 - keep polling; report at the end
+            last = exc  # type: ignore[assignment]
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Exposition text to {(sample name, labels): value}."""
+    out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample whose labels include `labels`, or None."""
+    for (sname, slabels), value in samples(text).items():
+        if sname == name and set(labels.items()) <= set(slabels):
+            return value
+    return None
+
+
+def all_samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (dict(slabels), value)
+        for (sname, slabels), value in samples(text).items()
+        if sname == name and set(labels.items()) <= set(slabels)
+    ]
