@@ -1,0 +1,368 @@
+"""Every metric watchdog exports, declared once, on an injected registry.
+
+Latency histograms and failure counters are instrumented metric objects that the daemon
+records into after each probe. Everything that mirrors the latest state of a peer or
+gateway comes from `StatusCollector`, built fresh from `Status` on every scrape, so a peer
+that leaves the cluster leaves the output too, and a scrape never waits on a target.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from watchdog import __version__
+from watchdog.results import ProbeResult, Reason
+from watchdog.status import GatewayView, PeerView, Status
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+ETCD_PROBES = (("json", "range"), ("json", "status"), ("grpc", "range"), ("grpc", "status"))
+ADMIN_CALLS = ("get_missing_route",)
+PHASES = ("connect", "tls", "processing", "transfer")
+
+
+class WatchdogMetrics:
+    """Instrumented metrics: probe latencies, failures, job runs."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.probe_duration = Histogram(
+            "watchdog_etcd_probe_duration_seconds",
+            "Latency of read probes through each etcd API (json = the HTTP/JSON gateway "
+            "APISIX uses, grpc = native). JSON far slower than gRPC on one peer points at "
+            "the 250-stream limit.",
+            ["peer", "api", "op"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.probe_failures = Counter(
+            "watchdog_etcd_probe_failures",
+            "Failed etcd probes by reason (timeout, refused, tls, auth, http, protocol). "
+            "JSON timeouts while gRPC succeeds: the JSON gateway is stalled.",
+            ["peer", "api", "op", "reason"], registry=registry,
+        )
+        self.poll_failures = Counter(
+            "watchdog_etcd_poll_failures",
+            "Failed polls of a peer's /metrics page by reason.",
+            ["peer", "reason"], registry=registry,
+        )
+        self.admin_duration = Histogram(
+            "watchdog_gateway_admin_duration_seconds",
+            "Gateway admin API call latency. Each call goes through etcd; seconds here mean "
+            "operators and deploy pipelines wait too.",
+            ["gateway", "call"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.admin_failures = Counter(
+            "watchdog_gateway_admin_failures",
+            "Failed gateway admin API calls by reason (timeout, refused, auth, http, protocol).",
+            ["gateway", "call", "reason"], registry=registry,
+        )
+        self.smoke_failures = Counter(
+            "watchdog_gateway_smoke_failures",
+            "Failed smoke probes (canary route not served in time) by reason.",
+            ["gateway", "reason"], registry=registry,
+        )
+        self.job_runs = Counter(
+            "watchdog_job_runs",
+            "Runs of each polling job by outcome (success, timeout, error).",
+            ["job", "outcome"], registry=registry,
+        )
+        self.job_duration = Gauge(
+            "watchdog_job_duration_seconds",
+            "Wall time of the job's last run.", ["job"], registry=registry,
+        )
+        self.state_save_failures = Counter(
+            "watchdog_state_save_failures",
+            "Failed writes of the learned steady states to state_dir (check disk and "
+            "permissions; the baseline is kept in memory).", registry=registry,
+        )
+        self.build_info = Gauge(
+            "watchdog_build_info", "watchdog build information.",
+            ["version", "python"], registry=registry,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self._peer_labels: dict[str, list[tuple[object, tuple[str, ...]]]] = {}
+
+    def add_job(self, job: str) -> None:
+        for outcome in ("success", "timeout", "error"):
+            self.job_runs.labels(job, outcome)
+
+    def add_peer(self, peer: str) -> None:
+        """Create the peer's series at zero so rate() and alerts see them from the start."""
+        if peer in self._peer_labels:
+            return
+        made: list[tuple[object, tuple[str, ...]]] = []
+        for api, op in ETCD_PROBES:
+            self.probe_duration.labels(peer, api, op)
+            made.append((self.probe_duration, (peer, api, op)))
+            for reason in Reason:
+                self.probe_failures.labels(peer, api, op, reason.value)
+                made.append((self.probe_failures, (peer, api, op, reason.value)))
+        for reason in Reason:
+            self.poll_failures.labels(peer, reason.value)
+            made.append((self.poll_failures, (peer, reason.value)))
+        self._peer_labels[peer] = made
+
+    def forget_peer(self, peer: str) -> None:
+        for metric, labels in self._peer_labels.pop(peer, []):
+            try:
+                metric.remove(*labels)  # type: ignore[attr-defined]
+            except KeyError:
+                pass
+
+    def add_gateway(self, gateway: str) -> None:
+        for call in ADMIN_CALLS:
+            self.admin_duration.labels(gateway, call)
+            for reason in Reason:
+                self.admin_failures.labels(gateway, call, reason.value)
+        for reason in Reason:
+            self.smoke_failures.labels(gateway, reason.value)
+
+    def record_probe(self, peer: str, result: ProbeResult) -> None:
+        if result.ok:
+            self.probe_duration.labels(peer, result.api, result.op).observe(result.duration)
+        else:
+            assert result.reason is not None
+            self.probe_failures.labels(peer, result.api, result.op, result.reason.value).inc()
+
+    def record_admin(self, gateway: str, result: ProbeResult) -> None:
+        if result.ok:
+            self.admin_duration.labels(gateway, result.op).observe(result.duration)
+        else:
+            assert result.reason is not None
+            self.admin_failures.labels(gateway, result.op, result.reason.value).inc()
+
+
+def _gauge(name: str, doc: str, labels: Iterable[str] = ("peer",)) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+class StatusCollector(Collector):
+    """Mirrors the latest peer and gateway views. Example output:
+
+    # HELP watchdog_etcd_peer_up 1 if the last poll of the peer's /metrics succeeded.
+    # TYPE watchdog_etcd_peer_up gauge
+    watchdog_etcd_peer_up{peer="etcd-0"} 1.0
+    """
+
+    def __init__(self, status: Status) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        peers = list(self.status.peers.values())
+        gateways = list(self.status.gateways.values())
+        yield from self._peer_families(peers)
+        yield from self._gateway_families(gateways)
+
+    def _peer_families(self, peers: list[PeerView]) -> Iterator[Metric]:  # noqa: C901
+        up = _gauge("watchdog_etcd_peer_up",
+                    "1 if the last poll of the peer's /metrics succeeded, 0 if it failed.")
+        info = _gauge("watchdog_etcd_peer_info", "Identity of the etcd peer (always 1).",
+                      ["peer", "member_id", "version", "tls", "endpoint"])
+        leader = _gauge("watchdog_etcd_peer_is_leader", "1 on the current raft leader.")
+        has_leader = _gauge("watchdog_etcd_peer_has_leader",
+                            "0 when the peer sees no leader: it cannot serve requests.")
+        changes = CounterMetricFamily(
+            "watchdog_etcd_leader_changes_seen",
+            "Leader changes the peer has seen (mirrored from etcd). Frequent changes slow "
+            "every client.", labels=["peer"])
+        streams = _gauge("watchdog_etcd_watch_streams",
+                         "Watch streams open on the peer (etcd_debugging_mvcc_watch_stream_total)."
+                         " Compare with the steady state; on an exposed peer 250 is a wall.")
+        watchers = _gauge("watchdog_etcd_watchers", "Watchers registered on the peer.")
+        slow = _gauge("watchdog_etcd_slow_watchers",
+                      "Unsynced (slow) watchers; sustained > 0 means the watch system is "
+                      "overloaded and writes slow down.")
+        grpc_open = _gauge("watchdog_etcd_grpc_watch_streams_open",
+                           "gRPC Watch streams started minus handled on the peer.")
+        conns = _gauge("watchdog_etcd_client_connections",
+                       "Established client TCP connections to the peer, counted from this "
+                       "host's socket table (absent when the peer is not local).")
+        by_remote = _gauge("watchdog_etcd_client_connections_by_remote",
+                           "Established client connections by remote address (top N, rest "
+                           "under remote=\"other\"). One remote growing without bound is a "
+                           "leaking client.", ["peer", "remote"])
+        gap = _gauge("watchdog_etcd_connections_without_stream",
+                     "Client connections minus watch streams. Positive and growing: "
+                     "connections leak; negative: streams multiplexed on fewer connections.")
+        expected = _gauge("watchdog_etcd_expected_watch_streams",
+                          "Watch streams the gateway inventory predicts on this peer "
+                          "(workers x watched prefixes, or workers for APISIX >= 3.4).")
+        steady = _gauge("watchdog_etcd_watch_streams_steady_state",
+                        "Learned steady-state watch streams of the peer (absent until "
+                        "warm-up ends).")
+        ratio = _gauge("watchdog_etcd_watch_streams_ratio",
+                       "Watch streams divided by their steady state; the wire trips at the "
+                       "configured factor (default 2).")
+        wire = _gauge("watchdog_etcd_watch_tripwire",
+                      "1 while the peer's watch streams exceed factor x steady state: "
+                      "look for a leaking gateway node or a fan-out change.")
+        wire_for = _gauge("watchdog_etcd_watch_tripwire_active_seconds",
+                          "How long the watch-stream wire has been tripped (0 when clear).")
+        conn_steady = _gauge("watchdog_etcd_client_connections_steady_state",
+                             "Learned steady-state client connections of the peer.")
+        conn_wire = _gauge("watchdog_etcd_client_connections_tripwire",
+                           "1 while client connections exceed factor x steady state.")
+        exposed = _gauge("watchdog_etcd_stream_limit_exposed",
+                         "1 when JSON-gateway traffic on this peer shares one HTTP/2 "
+                         "connection capped at 250 streams (TLS on etcd < 3.4.20 / 3.5.5): "
+                         "upgrade etcd or set --max-concurrent-streams.")
+        headroom = _gauge("watchdog_etcd_stream_limit_headroom",
+                          "250 minus watch streams on an exposed peer. At 0 JSON-gateway "
+                          "calls (APISIX admin, new watches) hang.")
+        db = _gauge("watchdog_etcd_db_size_bytes", "Physically allocated etcd DB size.")
+        db_used = _gauge("watchdog_etcd_db_size_in_use_bytes", "Logically used etcd DB size.")
+        quota = _gauge("watchdog_etcd_db_quota_bytes",
+                       "etcd backend quota; at the quota etcd refuses writes.")
+        fds = _gauge("watchdog_etcd_open_fds", "File descriptors open in the etcd process.")
+        max_fds = _gauge("watchdog_etcd_max_fds", "File descriptor limit of the etcd process.")
+        revision = _gauge("watchdog_etcd_revision",
+                          "etcd revision seen by the peer's last successful read probe.")
+        poll_seconds = _gauge("watchdog_etcd_poll_duration_seconds",
+                              "Wall time of the last poll of the peer.")
+        success = _gauge("watchdog_etcd_probe_success",
+                         "1 if the last probe through this API succeeded.",
+                         ["peer", "api", "op"])
+        phase = _gauge("watchdog_etcd_probe_phase_seconds",
+                       "Last JSON-gateway probe by phase (connect, tls, processing = time to "
+                       "first byte, transfer), as blackbox_exporter reports them.",
+                       ["peer", "op", "phase"])
+        fsync = HistogramMetricFamily(
+            "watchdog_etcd_wal_fsync_duration_seconds",
+            "WAL fsync latency mirrored from etcd; p99 should stay under 10 ms.",
+            labels=["peer"])
+        commit = HistogramMetricFamily(
+            "watchdog_etcd_backend_commit_duration_seconds",
+            "Backend commit latency mirrored from etcd; p99 should stay under 25 ms.",
+            labels=["peer"])
+
+        for p in peers:
+            name = [p.name]
+            if not p.polled:
+                continue
+            up.add_metric(name, 1.0 if p.up else 0.0)
+            info.add_metric([p.name, p.member_id, p.version, str(p.tls).lower(), p.endpoint], 1)
+            poll_seconds.add_metric(name, p.poll_duration)
+            if p.is_leader is not None:
+                leader.add_metric(name, 1.0 if p.is_leader else 0.0)
+            m = p.metrics
+            if m is not None:
+                for family, value in (
+                    (has_leader, m.has_leader), (streams, m.watch_streams),
+                    (watchers, m.watchers), (slow, m.slow_watchers),
+                    (grpc_open, m.grpc_watch_streams_open), (db, m.db_size),
+                    (db_used, m.db_size_in_use), (quota, m.quota_bytes),
+                    (fds, m.open_fds), (max_fds, m.max_fds),
+                ):
+                    if value is not None:
+                        family.add_metric(name, value)
+                if m.leader_changes is not None:
+                    changes.add_metric(name, m.leader_changes)
+                for family, hist in ((fsync, m.wal_fsync), (commit, m.backend_commit)):
+                    if hist is not None:
+                        family.add_metric(
+                            name, [(_le(le), count) for le, count in hist.buckets], hist.sum
+                        )
+            if p.connections is not None:
+                conns.add_metric(name, p.connections.total)
+                for remote, count in p.connections.by_remote:
+                    by_remote.add_metric([p.name, remote], count)
+                if m is not None and m.watch_streams is not None:
+                    gap.add_metric(name, p.connections.total - m.watch_streams)
+            if p.expected_streams is not None:
+                expected.add_metric(name, p.expected_streams)
+            ws = p.wires.get("watch_streams")
+            if ws is not None and ws.steady is not None:
+                steady.add_metric(name, ws.steady)
+                if ws.ratio is not None:
+                    ratio.add_metric(name, ws.ratio)
+            if ws is not None:
+                wire.add_metric(name, 1.0 if ws.tripped else 0.0)
+                wire_for.add_metric(name, ws.tripped_for)
+            cs = p.wires.get("client_connections")
+            if cs is not None:
+                if cs.steady is not None:
+                    conn_steady.add_metric(name, cs.steady)
+                conn_wire.add_metric(name, 1.0 if cs.tripped else 0.0)
+            if p.exposed is not None:
+                exposed.add_metric(name, 1.0 if p.exposed else 0.0)
+                if p.exposed and m is not None and m.watch_streams is not None:
+                    headroom.add_metric(name, 250 - m.watch_streams)
+            if p.revision is not None:
+                revision.add_metric(name, p.revision)
+            for (api, op), result in sorted(p.probes.items()):
+                success.add_metric([p.name, api, op], 1.0 if result.ok else 0.0)
+                if api == "json":
+                    for ph, seconds in result.phases.items():
+                        phase.add_metric([p.name, op, ph], seconds)
+
+        yield from (
+            up, info, leader, has_leader, changes, streams, watchers, slow, grpc_open, conns,
+            by_remote, gap, expected, steady, ratio, wire, wire_for, conn_steady, conn_wire,
+            exposed, headroom, db, db_used, quota, fds, max_fds, revision, poll_seconds,
+            success, phase, fsync, commit,
+        )
+
+    def _gateway_families(self, gateways: list[GatewayView]) -> Iterator[Metric]:
+        labels = ["gateway"]
+        success = _gauge("watchdog_gateway_admin_success",
+                         "1 if the last admin API call succeeded.", ["gateway", "call"])
+        phase = _gauge("watchdog_gateway_admin_phase_seconds",
+                       "Last admin API call by phase (connect, tls, processing, transfer).",
+                       ["gateway", "call", "phase"])
+        smoke = _gauge("watchdog_gateway_smoke_success",
+                       "1 if the last smoke probe passed: a canary route written through the "
+                       "admin API was served by the data plane in time.", labels)
+        sync = _gauge("watchdog_gateway_sync_seconds",
+                      "Last canary propagation time, admin write to first served request.",
+                      labels)
+        last = _gauge("watchdog_gateway_last_smoke_timestamp_seconds",
+                      "Unix time the last smoke probe finished.", labels)
+        lag = _gauge("watchdog_gateway_config_lag_revisions",
+                     "etcd revision minus the newest revision the gateway reports having "
+                     "loaded. Growing: the gateway stopped applying config.", labels)
+        reachable = _gauge("watchdog_gateway_etcd_reachable",
+                           "apisix_etcd_reachable as the gateway reports it.", labels)
+        ready = _gauge("watchdog_gateway_ready",
+                       "1 when the gateway's /status/ready answers 200 (every worker loaded "
+                       "config once).", labels)
+        for g in gateways:
+            name = [g.name]
+            for call, result in sorted(g.admin.items()):
+                success.add_metric([g.name, call], 1.0 if result.ok else 0.0)
+                for ph, seconds in result.phases.items():
+                    phase.add_metric([g.name, call, ph], seconds)
+            if g.smoke is not None:
+                smoke.add_metric(name, 1.0 if g.smoke.ok else 0.0)
+                if g.smoke.sync_seconds is not None:
+                    sync.add_metric(name, g.smoke.sync_seconds)
+                last.add_metric(name, g.last_smoke)
+            if g.config_lag is not None:
+                lag.add_metric(name, g.config_lag)
+            if g.etcd_reachable is not None:
+                reachable.add_metric(name, g.etcd_reachable)
+            if g.ready is not None:
+                ready.add_metric(name, 1.0 if g.ready else 0.0)
+        yield from (success, phase, smoke, sync, last, lag, reachable, ready)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+def make_registry(status: Status) -> tuple[CollectorRegistry, WatchdogMetrics]:
+    """A fresh registry holding watchdog's metrics and the status collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    metrics = WatchdogMetrics(registry)
+    registry.register(StatusCollector(status))
+    return registry, metrics

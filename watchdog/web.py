@@ -1,0 +1,221 @@
+"""The web server: /metrics, /healthz, /readyz and a status page at /.
+
+Nothing here waits on etcd or a gateway: every handler renders the daemon's last results.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics.exposition import (
+    CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
+)
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from watchdog import __version__
+from watchdog.status import GatewayView, PeerView
+
+if TYPE_CHECKING:
+    from watchdog.daemon import Daemon
+
+DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+
+
+def make_app(daemon: Daemon) -> web.Application:
+    app = web.Application()
+    app[DAEMON_KEY] = daemon
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/", handle_index)
+    return app
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    registry = request.app[DAEMON_KEY].registry
+    if "application/openmetrics-text" in request.headers.get("Accept", ""):
+        body, ctype = generate_openmetrics(registry), OPENMETRICS_CONTENT_TYPE
+    else:
+        body, ctype = generate_latest(registry), CONTENT_TYPE_LATEST
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = ctype
+    return resp
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    status = request.app[DAEMON_KEY].status
+    if status.ready():
+        return web.Response(text="ok\n")
+    waiting = [p.name for p in status.peers.values() if not p.polled]
+    waiting += [g.name for g in status.gateways.values() if not g.polled]
+    text = "not ready: waiting for the first poll of " + (", ".join(waiting) or "etcd members")
+    return web.Response(status=503, text=text + "\n")
+
+
+async def handle_index(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    return web.Response(text=render_status_page(daemon), content_type="text/html")
+
+
+# -- the status page ---------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _ms(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def sparkline(points: list[tuple[float, float | None, float | None]], factor: float) -> str:
+    """An inline SVG of streams (line), steady state (dashed) and the trip line."""
+    width, height = 240, 48
+    values = [v for _, v, _ in points if v is not None]
+    steadies = [s for _, _, s in points if s is not None]
+    if len(values) < 2:
+        return '<svg class="spark" width="240" height="48" role="img" aria-label="no data yet">' \
+               '<text x="4" y="28">collecting…</text></svg>'
+    top = max(values + [s * factor for s in steadies] + [1.0]) * 1.1
+
+    def xy(i: int, v: float) -> str:
+        x = i * (width - 2) / max(1, len(points) - 1) + 1
+        y = height - 1 - (v / top) * (height - 2)
+        return f"{x:.1f},{y:.1f}"
+
+    line = " ".join(xy(i, v) for i, (_, v, _) in enumerate(points) if v is not None)
+    parts = [f'<svg class="spark" width="{width}" height="{height}" role="img" '
+             f'aria-label="watch streams, last {len(points)} polls">']
+    if steadies:
+        steady_pts = " ".join(xy(i, s) for i, (_, _, s) in enumerate(points) if s is not None)
+        trip_pts = " ".join(
+            xy(i, s * factor) for i, (_, _, s) in enumerate(points) if s is not None
+        )
+        parts.append(f'<polyline points="{steady_pts}" class="steady"/>')
+        parts.append(f'<polyline points="{trip_pts}" class="trip"/>')
+    parts.append(f'<polyline points="{line}" class="streams"/></svg>')
+    return "".join(parts)
+
+
+def _probe_cell(peer: PeerView, api: str, op: str) -> str:
+    result = peer.probes.get((api, op))
+    if result is None:
+        return "<td>–</td>"
+    if result.ok:
+        return f'<td class="ok">{_ms(result.duration)}</td>'
+    return f'<td class="bad">{html.escape(result.reason or "")}</td>'
+
+
+def _peer_row(peer: PeerView, factor: float) -> str:
+    e = html.escape
+    ws = peer.wires.get("watch_streams")
+    if not peer.polled:
+        state = '<span class="muted">not polled yet</span>'
+    elif not peer.up:
+        state = f'<span class="bad">DOWN ({e(peer.poll_reason)})</span>'
+    else:
+        state = '<span class="ok">up</span>' + (" · leader" if peer.is_leader else "")
+    if ws is None or not ws.armed:
+        wire = '<span class="muted">warming up</span>'
+    elif ws.tripped:
+        wire = f'<span class="bad">TRIPPED {ws.tripped_for:.0f}s</span>'
+    else:
+        wire = '<span class="ok">ok</span>'
+    steady = ws.steady if ws else None
+    ratio = f" ({ws.ratio:.2f}×)" if ws and ws.ratio is not None else ""
+    conns = peer.connections.total if peer.connections else None
+    exposed = "yes" if peer.exposed else ("no" if peer.exposed is False else "?")
+    return (
+        f"<tr><th>{e(peer.name)}<div class='muted'>{e(peer.endpoint)}</div></th>"
+        f"<td>{state}<div class='muted'>{e(peer.version or '')}</div></td>"
+        f"<td>{_fmt(peer.watch_streams)}{ratio}</td><td>{_fmt(steady, 1)}</td>"
+        f"<td class='wire'>{wire}</td>"
+        f"<td>{sparkline(list(peer.history), factor)}</td>"
+        f"<td>{_fmt(conns)}</td><td>{_fmt(peer.expected_streams)}</td><td>{exposed}</td>"
+        + _probe_cell(peer, "json", "range") + _probe_cell(peer, "grpc", "range")
+        + "</tr>"
+    )
+
+
+def _gateway_row(gw: GatewayView) -> str:
+    e = html.escape
+    admin = gw.admin.get("get_missing_route")
+    if admin is None:
+        admin_cell = "<td>–</td>"
+    elif admin.ok:
+        admin_cell = f'<td class="ok">{_ms(admin.duration)}</td>'
+    else:
+        admin_cell = f'<td class="bad">{e(admin.reason or "")}</td>'
+    smoke = gw.smoke
+    if smoke is None:
+        smoke_cell = '<td class="muted">not run yet</td>'
+    elif smoke.ok:
+        smoke_cell = f'<td class="ok">passed, synced in {_ms(smoke.sync_seconds)}</td>'
+    else:
+        smoke_cell = f'<td class="bad">FAILED: {e(smoke.message)}</td>'
+    ready = {None: "–", True: "ready", False: "NOT READY"}[gw.ready]
+    return (
+        f"<tr><th>{e(gw.name)}<div class='muted'>{e(gw.admin_url)}</div></th>{admin_cell}"
+        f"{smoke_cell}<td>{_fmt(gw.config_lag)}</td><td>{ready}</td></tr>"
+    )
+
+
+def render_status_page(daemon: Daemon) -> str:
+    status = daemon.status
+    factor = daemon.config.tripwire.factor
+    peers = sorted(status.peers.values(), key=lambda p: p.name)
+    tripped = [p.name for p in peers if p.wires.get("watch_streams") and
+               p.wires["watch_streams"].tripped]
+    down = [p.name for p in peers if p.polled and not p.up]
+    if tripped or down:
+        banner = '<p class="banner bad">' + html.escape(
+            "; ".join(filter(None, [
+                f"trip wire: {', '.join(tripped)}" if tripped else "",
+                f"down: {', '.join(down)}" if down else "",
+            ]))) + "</p>"
+    else:
+        banner = '<p class="banner ok">all peers up, no trip wire</p>' if peers else ""
+    peer_rows = "".join(_peer_row(p, factor) for p in peers) or \
+        '<tr><td colspan="11">no peers yet (first poll pending)</td></tr>'
+    gateway_rows = "".join(_gateway_row(g) for g in status.gateways.values())
+    uptime = time.time() - status.started
+    discovery = (f'<p class="bad">member discovery: {html.escape(status.discovery_error)}</p>'
+                 if status.discovery_error else "")
+    gateways = (
+        "<h2>Gateways</h2><table><tr><th>gateway</th><th>admin call</th><th>last smoke</th>"
+        f"<th>config lag (revisions)</th><th>status API</th></tr>{gateway_rows}</table>"
+        if status.gateways else ""
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
+<title>watchdog</title><style>
+body{{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}}
+table{{border-collapse:collapse;margin-bottom:1.5em}}
+th,td{{border-bottom:1px solid #ddd;padding:.35em .6em;text-align:left;vertical-align:top}}
+.muted{{color:#777;font-size:12px}} .ok{{color:#176b24}} .bad{{color:#b00020;font-weight:600}}
+.banner{{padding:.5em .8em;border-radius:4px;background:#f4f4f4}}
+.spark polyline{{fill:none;stroke-width:1.5}} .spark .streams{{stroke:#1f5fbf}}
+.spark .steady{{stroke:#777;stroke-dasharray:3 2}} .spark .trip{{stroke:#b00020;stroke-dasharray:2 3}}
+</style></head><body>
+<h1>watchdog</h1>
+<p class="muted">version {__version__} · up {uptime:.0f}s · trip wire at {factor:g}× steady state ·
+<a href="/metrics">/metrics</a> · <a href="/readyz">/readyz</a></p>
+{banner}{discovery}
+<h2>etcd peers</h2>
+<table><tr><th>peer</th><th>state</th><th>watch streams</th><th>steady state</th>
+<th>trip wire</th><th>streams (blue), steady (grey), {factor:g}× (red)</th><th>client conns</th>
+<th>expected streams</th><th>250-stream limit exposed</th><th>JSON range</th><th>gRPC range</th></tr>
+{peer_rows}</table>
+{gateways}
+</body></html>
+"""
