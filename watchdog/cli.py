@@ -146,3 +146,57 @@ def run(config_file: Path, listen: str | None, log_level: str, log_format: str) 
     except OSError as err:
         logging.getLogger("watchdog").error("cannot serve on %s: %s", address, err)
         sys.exit(1)
+
+
+@main.command("smoke")
+@click.option("--config", "config_file", required=True, type=click.Path(path_type=Path),
+              envvar="WATCHDOG_CONFIG", show_envvar=True, help="YAML config file.")
+@click.option("--gateway", "names", multiple=True, metavar="NAME",
+              help="Only this gateway (repeatable). Default: every configured gateway.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds to wait for every gateway (default: smoke.timeout from the config).")
+@click.option("--output", type=click.Choice(("text", "json")), default="text", show_default=True,
+              help="text: live progress on a terminal and one verdict line per gateway; "
+                   "json: a machine report on stdout.")
+@click.option("--read-only", is_flag=True,
+              help="Write nothing: judge by the status API and the config lag instead.")
+@with_logging
+def smoke(config_file: Path, names: tuple[str, ...], timeout: float | None, output: str,
+          read_only: bool, log_level: str, log_format: str) -> None:
+    """The init-sync gate for deploys: block until every selected gateway serves a freshly
+    written canary route, or the timeout passes.
+
+    \b
+    Per gateway, in parallel: wait for the data plane to answer and for /status/ready
+    (when status_url is set), PUT the canary route through the admin API, poll the data
+    plane until it answers 302 with the canary's Location, then delete the canary. The
+    canary is deleted whatever happens: timeout, error, SIGINT or SIGTERM.
+
+    \b
+    Exit codes: 0 every gateway synced; 1 any gateway not synced by the deadline (the
+    reason is printed per gateway); 2 bad config or usage.
+    """
+    from watchdog.gateway.gate import run_smoke_command
+
+    setup_logging(log_level if log_level != "info" else "warning", log_format)
+    config = load_or_exit(config_file)
+    known = [gw.name for gw in config.gateways]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise click.BadParameter(
+            f"no gateway named {', '.join(unknown)} in {config_file} "
+            f"(configured: {', '.join(known) or 'none'})", param_hint="--gateway")
+    selected = [config.gateway(n) for n in names] if names else list(config.gateways)
+    if not selected:
+        raise click.UsageError(f"{config_file} configures no gateways to check")
+    if read_only:
+        missing = [gw.name for gw in selected if not (gw.status_url or gw.metrics_url)]
+        if missing:
+            raise click.UsageError(
+                f"--read-only needs status_url or metrics_url; missing for {', '.join(missing)}")
+    elif missing := [gw.name for gw in selected if not gw.data_url]:
+        raise click.UsageError(f"no data_url configured for {', '.join(missing)}: the canary "
+                               "cannot be checked (set data_url, or use --read-only)")
+    code = run_smoke_command(config, selected, timeout or config.smoke.timeout, output,
+                             read_only)
+    sys.exit(code)

@@ -158,6 +158,7 @@ class EtcdConfig(Model):
     tls: TLSConfig | None = None
     auth: AuthConfig | None = None
     probe_key: str = "/apisix/watchdog/probe"
+    prefix: str = Field(default="/apisix", pattern=r"^/")
     interval: Duration = 15.0
     timeout: Duration = 5.0
     grpc_probes: bool = True
@@ -237,7 +238,7 @@ class SmokeConfig(Model):
 
 
 def _check_listen(value: str) -> str:
-    host, sep, port = str(value).rpartition(":")
+    _, sep, port = str(value).rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{value!r} is not HOST:PORT")
     return str(value)

@@ -208,7 +208,7 @@ class EtcdCluster:
 
     def start_member(self, index: int) -> None:
         member = self.members[index]
-        log = open(self.workdir / f"{member.name}.log", "ab")  # noqa: SIM115 - owned by the process
+        log = open(self.workdir / f"{member.name}.log", "ab")
         member.proc = subprocess.Popen(
             self._command(member),
             stdout=log,
@@ -288,7 +288,7 @@ class EtcdCluster:
             self._terminate(member)
         cmd = self._command(member)
         cmd[cmd.index("--initial-cluster-state") + 1] = "existing"
-        log = open(self.workdir / f"{member.name}.log", "ab")  # noqa: SIM115
+        log = open(self.workdir / f"{member.name}.log", "ab")
         member.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,

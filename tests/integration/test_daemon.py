@@ -1,0 +1,109 @@
+"""The real `watchdog run` process against real etcd members."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WatchdogProcess
+from tests.helpers import all_samples, sample, wait_until
+from watchdog.lab.cluster import EtcdCluster
+
+pytestmark = pytest.mark.integration
+
+
+def etcd_config(cluster: EtcdCluster, **etcd: object) -> dict[str, object]:
+    return {"etcd": {"endpoints": [cluster.endpoints[0]], "interval": "1s", "timeout": "500ms",
+                     **etcd}}
+
+
+def peer_up(proc: WatchdogProcess) -> dict[str, float]:
+    return {labels["peer"]: value
+            for labels, value in all_samples(proc.metrics(), "watchdog_etcd_peer_up")}
+
+
+def test_three_members_discovered_from_one_endpoint(
+    etcd_cluster3: EtcdCluster, write_config: Callable[..., Path],
+    run_watchdog: Callable[..., WatchdogProcess],
+) -> None:
+    proc = run_watchdog(write_config(etcd_config(etcd_cluster3)))
+    proc.wait_ready()
+    names = {m.name for m in etcd_cluster3.members}
+    wait_until(lambda: peer_up(proc) == dict.fromkeys(names, 1.0), timeout=10, what="3 peers up")
+    text = proc.metrics()
+    leaders = [labels["peer"] for labels, v in all_samples(text, "watchdog_etcd_peer_is_leader")
+               if v == 1]
+    assert len(leaders) == 1 and leaders[0] in names
+    for member in etcd_cluster3.members:
+        info = all_samples(text, "watchdog_etcd_peer_info", peer=member.name)
+        assert info and info[0][0]["version"] == "3.5.1"
+        assert info[0][0]["endpoint"] == member.client_url
+        assert sample(text, "watchdog_etcd_watch_streams", peer=member.name) is not None
+        assert sample(text, "watchdog_etcd_client_connections", peer=member.name) is not None
+    status, page = proc.get("/")
+    assert status == 200 and all(name in page for name in names)
+
+
+def test_killed_member_goes_down_and_comes_back(
+    make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
+    run_watchdog: Callable[..., WatchdogProcess],
+) -> None:
+    cluster = make_cluster(size=3, name_prefix="kill")
+    proc = run_watchdog(write_config(etcd_config(cluster)))
+    proc.wait_ready()
+    victim = cluster.members[2].name
+    wait_until(lambda: peer_up(proc).get(victim) == 1.0, timeout=10, what="victim up")
+    cluster.kill_member(2)
+    # interval 1s: down within two poll intervals (plus the 0.5s probe deadline)
+    wait_until(lambda: peer_up(proc).get(victim) == 0.0, timeout=3.0, interval=0.05,
+               what="victim down within two intervals")
+    assert proc.get("/healthz")[0] == 200
+    text = proc.metrics()
+    failures = sum(v for _, v in all_samples(text, "watchdog_etcd_poll_failures_total",
+                                             peer=victim))
+    assert failures >= 1
+    assert sample(text, "watchdog_etcd_peer_up", peer=cluster.members[0].name) == 1.0
+    cluster.restart_member(2)
+    wait_until(lambda: peer_up(proc).get(victim) == 1.0, timeout=10, what="victim back")
+
+
+def test_sigterm_exits_zero_and_flushes_state(
+    etcd_single: EtcdCluster, write_config: Callable[..., Path],
+    run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
+) -> None:
+    config = etcd_config(etcd_single, discover_members=False)
+    proc = run_watchdog(write_config({**config, "tripwire": {"warmup": "1s"}}))
+    proc.wait_ready()
+    wait_until(lambda: sample(proc.metrics(), "watchdog_etcd_watch_streams_steady_state")
+               is not None, timeout=10, what="steady state learned")
+    assert proc.stop(signal.SIGTERM) == 0
+    state = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert state["data"]["tripwire"]
+    assert "stopped cleanly" in proc.output()
+    assert "Traceback" not in proc.output()
+
+
+def test_metrics_pass_promtool(
+    etcd_tls: EtcdCluster, write_config: Callable[..., Path],
+    run_watchdog: Callable[..., WatchdogProcess],
+) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (scripts/test installs it with apt)")
+    assert etcd_tls.tls_files is not None
+    config = etcd_config(etcd_tls, tls={"ca_file": str(etcd_tls.tls_files.ca_file)})
+    proc = run_watchdog(write_config(config))
+    proc.wait_ready()
+    text = proc.metrics()
+    assert sample(text, "watchdog_etcd_peer_up") == 1.0
+    assert sample(text, "watchdog_etcd_stream_limit_exposed") == 1.0  # TLS on 3.5.1
+    done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "" and done.stderr.strip() == "", done.stdout + done.stderr

@@ -1,0 +1,68 @@
+"""The APISIX admin API, every call timed and classified."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from watchdog.config import GatewayConfig
+from watchdog.httpprobe import timed_request
+from watchdog.results import ProbeResult, Reason
+
+ADMIN_PREFIX = "/apisix/admin"
+PROBE_ROUTE_ID = "watchdog-probe-absent"
+
+
+class AdminClient:
+    """Admin API calls for one gateway. The key is sent as X-API-KEY and never logged."""
+
+    def __init__(self, gateway: GatewayConfig, session: aiohttp.ClientSession) -> None:
+        self.gateway = gateway
+        self.session = session
+        self._headers = {"X-API-KEY": gateway.admin_key.get_secret_value()}
+
+    def _url(self, path: str) -> str:
+        return f"{self.gateway.admin_url}{ADMIN_PREFIX}{path}"
+
+    async def _call(
+        self, method: str, path: str, op: str, timeout: float, ok: tuple[int, ...],
+        body: Any = None,
+    ) -> ProbeResult:
+        return await timed_request(
+            self.session, method, self._url(path), api="admin", op=op, timeout=timeout,
+            json_body=body, headers=self._headers, ok_status=ok,
+        )
+
+    async def get_missing_route(self, timeout: float) -> ProbeResult:
+        """GET a route id that does not exist: a 404 'Key not found' proves etcd answered."""
+        result = await self._call(
+            "GET", f"/routes/{PROBE_ROUTE_ID}", "get_missing_route", timeout, ok=(404, 200)
+        )
+        if result.ok and result.status == 404:
+            body = result.body if isinstance(result.body, dict) else {}
+            if body.get("message") != "Key not found":
+                return _fail(result, Reason.PROTOCOL, "404 without 'Key not found'")
+        return result
+
+    async def list_routes(self, timeout: float) -> ProbeResult:
+        return await self._call("GET", "/routes", "list_routes", timeout, ok=(200,))
+
+    async def put_route(self, route_id: str, route: dict[str, Any], timeout: float) -> ProbeResult:
+        return await self._call("PUT", f"/routes/{route_id}", "put_route", timeout,
+                                ok=(200, 201), body=route)
+
+    async def get_route(self, route_id: str, timeout: float) -> ProbeResult:
+        return await self._call("GET", f"/routes/{route_id}", "get_route", timeout, ok=(200,))
+
+    async def delete_route(self, route_id: str, timeout: float) -> ProbeResult:
+        """DELETE a route; 404 counts as done (already gone)."""
+        return await self._call("DELETE", f"/routes/{route_id}", "delete_route", timeout,
+                                ok=(200, 404))
+
+
+def _fail(result: ProbeResult, reason: Reason, detail: str) -> ProbeResult:
+    return ProbeResult(
+        result.api, result.op, False, result.duration, reason, detail, result.phases,
+        result.status, result.revision, result.body,
+    )
