@@ -1,0 +1,297 @@
+"""gRPC probes through python3-etcd3, run off the event loop with bounded workers.
+
+python3-etcd3 is synchronous, so each call runs in a worker thread. Two bounds keep a
+hung member (SIGSTOPped: TCP connects, nothing answers) from hurting anything else:
+
+- every RPC carries the probe's deadline (`timeout=` on the gRPC call, and on the
+  Authenticate call etcd3 makes when a client is created), so gRPC itself ends the call;
+  the awaiting side also gives up at timeout + a small margin (`asyncio.wait_for`);
+- each endpoint has its own executor of `max_in_flight` threads. A hung endpoint can only
+  fill its own executor; a call that waits in its queue past its deadline is dropped
+  without being made. Other endpoints never wait for it.
+
+RPCs are made on etcd3's stubs directly, not through its helpers: the helpers mark an
+endpoint failed for minutes after one error and fold gRPC codes and messages into a few
+exception types, and the classification below needs both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import etcd3
+import grpc
+from etcd3 import etcdrpc
+
+from watchdog.etcd.client import EtcdStatus, RangeCount, prefix_end
+from watchdog.results import ProbeResult, Reason
+
+DEFAULT_MAX_IN_FLIGHT = 2
+# How long past its deadline the awaiting side waits for a worker to report back.
+_AWAIT_MARGIN = 0.25
+_CHANNEL_OPTIONS = [
+    # A member that comes back should be probed again soon, not after gRPC's 2 min backoff.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.enable_http_proxy", 0),
+]
+_AUTH_MESSAGES = (
+    "authentication failed",
+    "user name is empty",
+    "user name not found",
+    "invalid auth token",
+    "permission denied",
+    "auth token is not found",
+)
+_TLS_MARKERS = ("ssl", "tls", "handshake", "certificate", "tsi_")
+
+
+def classify_rpc_error(exc: grpc.RpcError, timeout: float) -> tuple[Reason, str]:
+    """A Reason and a short, secret-free detail for a failed gRPC call."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    low = details.lower()
+    name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Reason.TIMEOUT, f"timeout after {timeout:g}s (DEADLINE_EXCEEDED)"
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return Reason.AUTH, name
+    if any(m in low for m in _AUTH_MESSAGES):
+        return Reason.AUTH, f"{name}: authentication failed"
+    if code is grpc.StatusCode.UNAVAILABLE and "etcdserver:" not in low:
+        if any(m in low for m in _TLS_MARKERS):
+            return Reason.TLS, "UNAVAILABLE: tls handshake failed"
+        if "refused" in low:
+            return Reason.REFUSED, "UNAVAILABLE: connection refused"
+        if "reset" in low or "closed" in low:
+            return Reason.REFUSED, "UNAVAILABLE: connection reset"
+        return Reason.REFUSED, "UNAVAILABLE: cannot connect"
+    return Reason.PROTOCOL, name
+
+
+@dataclass
+class _Peer:
+    """One endpoint: where it is, its etcd3 client and its own workers."""
+
+    host: str
+    port: int
+    secure: bool
+    executor: concurrent.futures.ThreadPoolExecutor
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    client: etcd3.MultiEndpointEtcd3Client | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    ok: bool
+    duration: float
+    reason: Reason | None = None
+    detail: str = ""
+    revision: int | None = None
+    body: object = None
+
+
+class GrpcProber:
+    """Range and status probes over etcd's gRPC API, one etcd3 client per endpoint.
+
+    Endpoints are client URLs (`https://host:port` selects TLS) or `host:port` (TLS when
+    a CA file is set). gRPC here cannot skip certificate verification. Use one prober from
+    one event loop; call `close()` at the end. The password is only handed to etcd3 to
+    authenticate and is never logged, repr'd or put in a result.
+    """
+
+    def __init__(
+        self,
+        *,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
+        self.ca_file = ca_file
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.username = username
+        self._password = password
+        self.max_in_flight = max_in_flight
+        self._peers: dict[str, _Peer] = {}
+        self._creds: grpc.ChannelCredentials | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        auth = f", username={self.username!r}, password=<hidden>" if self.username else ""
+        return f"GrpcProber(endpoints={list(self._peers)!r}{auth})"
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _peer(self, endpoint: str) -> _Peer:
+        peer = self._peers.get(endpoint)
+        if peer is None:
+            parts = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+            if parts.hostname is None or parts.port is None:
+                raise ValueError(f"endpoint needs host and port: {endpoint!r}")
+            secure = parts.scheme == "https" or (not parts.scheme and self.ca_file is not None)
+            executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.max_in_flight,
+                thread_name_prefix=f"grpc-probe-{parts.hostname}:{parts.port}",
+            )
+            peer = self._peers[endpoint] = _Peer(parts.hostname, parts.port, secure, executor)
+        return peer
+
+    def _credentials(self) -> grpc.ChannelCredentials:
+        if self._creds is None:
+            def read(path: str | None) -> bytes | None:
+                if path is None:
+                    return None
+                with open(path, "rb") as f:
+                    return f.read()
+
+            self._creds = grpc.ssl_channel_credentials(
+                read(self.ca_file), read(self.key_file), read(self.cert_file)
+            )
+        return self._creds
+
+    def _client(self, peer: _Peer, timeout: float) -> etcd3.MultiEndpointEtcd3Client:
+        """The peer's client, created (and authenticated) within timeout. Worker thread."""
+        if not peer.lock.acquire(timeout=max(timeout, 0.0)):
+            raise TimeoutError
+        try:
+            if peer.client is None:
+                endpoint = etcd3.Endpoint(
+                    peer.host, peer.port, secure=peer.secure,
+                    creds=self._credentials() if peer.secure else None,
+                    time_retry=0, opts=_CHANNEL_OPTIONS,  # type: ignore[arg-type]
+                )
+                try:
+                    peer.client = etcd3.MultiEndpointEtcd3Client(
+                        endpoints=[endpoint], timeout=max(timeout, 0.001),
+                        user=self.username, password=self._password,
+                    )
+                except BaseException:
+                    endpoint.close()
+                    raise
+            return peer.client
+        finally:
+            peer.lock.release()
+
+    def _drop_client(self, peer: _Peer, client: etcd3.MultiEndpointEtcd3Client) -> None:
+        with peer.lock:
+            if peer.client is client:
+                peer.client = None
+        client.close()
+
+    def _work(
+        self,
+        peer: _Peer,
+        rpc: Callable[[etcd3.MultiEndpointEtcd3Client, float], tuple[int | None, object]],
+        deadline: float,
+        timeout: float,
+    ) -> _Outcome:
+        """Run one RPC in a worker thread, renewing the auth token at most once."""
+        if deadline - time.monotonic() <= 0:
+            return _Outcome(False, 0.0, Reason.TIMEOUT,
+                            f"timeout after {timeout:g}s waiting for a worker")
+        renewed = False
+        while True:
+            started = time.monotonic()
+            try:
+                client = self._client(peer, deadline - started)
+                started = time.monotonic()
+                revision, body = rpc(client, max(deadline - started, 0.001))
+                return _Outcome(True, time.monotonic() - started, revision=revision, body=body)
+            except TimeoutError:
+                return _Outcome(False, time.monotonic() - started, Reason.TIMEOUT,
+                                f"timeout after {timeout:g}s waiting for the client")
+            except grpc.RpcError as exc:
+                stale = peer.client
+                token_rejected = exc.code() is grpc.StatusCode.UNAUTHENTICATED
+                if token_rejected and stale is not None:
+                    self._drop_client(peer, stale)  # next client authenticates afresh
+                    if self.username is not None and not renewed:
+                        renewed = True
+                        continue
+                reason, detail = classify_rpc_error(exc, timeout)
+                return _Outcome(False, time.monotonic() - started, reason, detail)
+
+    async def _run(
+        self,
+        endpoint: str,
+        op: str,
+        rpc: Callable[[etcd3.MultiEndpointEtcd3Client, float], tuple[int | None, object]],
+        timeout: float,
+    ) -> ProbeResult:
+        if self._closed:
+            raise RuntimeError("GrpcProber is closed")
+        started = time.monotonic()
+        peer = self._peer(endpoint)
+        future = peer.executor.submit(self._work, peer, rpc, started + timeout, timeout)
+        try:
+            outcome = await asyncio.wait_for(asyncio.wrap_future(future),
+                                             timeout + _AWAIT_MARGIN)
+        except TimeoutError:
+            return ProbeResult("grpc", op, False, time.monotonic() - started, Reason.TIMEOUT,
+                               f"timeout after {timeout:g}s (worker did not return)")
+        if outcome.ok:
+            return ProbeResult("grpc", op, True, outcome.duration, revision=outcome.revision,
+                               body=outcome.body)
+        return ProbeResult("grpc", op, False, time.monotonic() - started, outcome.reason,
+                           outcome.detail)
+
+    # -- probes --------------------------------------------------------------
+
+    async def range_count(
+        self, endpoint: str, key: str | bytes, timeout: float, *, prefix: bool = False
+    ) -> ProbeResult:
+        """A count_only Range on key (or the prefix key): op "range", body a RangeCount."""
+        raw = key.encode() if isinstance(key, str) else key
+        request = etcdrpc.RangeRequest(key=raw, count_only=True)
+        if prefix:
+            request.range_end = prefix_end(raw)
+
+        def rpc(client: etcd3.MultiEndpointEtcd3Client, left: float) -> tuple[int | None, Any]:
+            # Only metadata: etcd3's call credentials are refused on plain channels.
+            resp = client.kvstub.Range(request, left, metadata=client.metadata)
+            return resp.header.revision, RangeCount(resp.count, str(resp.header.member_id))
+
+        return await self._run(endpoint, "range", rpc, timeout)
+
+    async def status(self, endpoint: str, timeout: float) -> ProbeResult:
+        """Maintenance Status: op "status", body an EtcdStatus (fields etcd3's proto has)."""
+
+        def rpc(client: etcd3.MultiEndpointEtcd3Client, left: float) -> tuple[int | None, Any]:
+            resp = client.maintenancestub.Status(
+                etcdrpc.StatusRequest(), left, metadata=client.metadata
+            )
+            info = EtcdStatus(
+                version=resp.version,
+                member_id=str(resp.header.member_id),
+                leader=str(resp.leader),
+                db_size=resp.dbSize,
+                raft_term=resp.raftTerm,
+                raft_index=resp.raftIndex,
+                revision=resp.header.revision,
+            )
+            return resp.header.revision, info
+
+        return await self._run(endpoint, "status", rpc, timeout)
+
+    def close(self) -> None:
+        """Close every client and stop the workers (a running RPC ends at its deadline)."""
+        self._closed = True
+        for peer in self._peers.values():
+            peer.executor.shutdown(wait=False, cancel_futures=True)
+            # No lock: a worker creating a client may hold it until its deadline.
+            client, peer.client = peer.client, None
+            if client is not None:
+                client.close()
+        self._peers.clear()

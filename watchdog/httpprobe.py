@@ -1,0 +1,328 @@
+"""One timed HTTP call with blackbox_exporter-style phases, classified into a Reason.
+
+Phases (seconds), as blackbox_exporter names them:
+
+- ``resolve``: DNS lookup, only when the host is a name aiohttp had to resolve.
+- ``connect``: TCP connect. aiohttp opens TCP and runs the TLS handshake inside one
+  connector call and emits no trace signal between the two, so ``tls`` is only
+  separated when the request's SSL context comes from :func:`make_ssl_context` (its
+  SSL objects note when the handshake starts). With any other context (or ``ssl=None``
+  on an https URL) ``connect`` covers TCP connect *and* the TLS handshake and ``tls``
+  is absent; no number is made up.
+- ``tls``: first TLS handshake step until the connection is ready.
+- ``processing``: connection acquired (new or reused) until the response headers are
+  in, i.e. time to first byte.
+- ``transfer``: response headers until the body is read.
+
+Phases a call never reached are left out; on a timeout ``detail`` names the phase the
+call was in. Requests must go through a session from :func:`make_session`, whose trace
+config records the phases; with another session the result has no phases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import errno
+import json
+import ssl as ssl_module
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+
+from watchdog.results import ProbeResult, Reason
+
+DEFAULT_MAX_BODY = 1 << 20
+_READ_CHUNK = 64 * 1024
+_DETAIL_MAX = 120
+
+
+@dataclass
+class _Trace:
+    """Timestamps (perf_counter) of one request's milestones."""
+
+    start: float
+    dns_start: float | None = None
+    dns_end: float | None = None
+    create_start: float | None = None
+    tls_start: float | None = None
+    create_end: float | None = None
+    conn_ready: float | None = None
+    headers: float | None = None
+
+    def phase(self) -> str:
+        """The phase the request is in right now."""
+        if self.headers is not None:
+            return "transfer"
+        if self.conn_ready is not None:
+            return "processing"
+        if self.tls_start is not None:
+            return "tls"
+        if self.create_start is not None:
+            return "connect"
+        if self.dns_start is not None:
+            return "resolve"
+        return "connect"
+
+    def phases(self, end: float | None) -> dict[str, float]:
+        """Durations of the phases the request completed."""
+        out: dict[str, float] = {}
+        if self.dns_start is not None and self.dns_end is not None:
+            out["resolve"] = self.dns_end - self.dns_start
+        if self.create_start is not None and self.create_end is not None:
+            if self.tls_start is not None and self.create_start <= self.tls_start:
+                out["connect"] = self.tls_start - self.create_start
+                out["tls"] = self.create_end - self.tls_start
+            else:
+                out["connect"] = self.create_end - self.create_start
+        if self.conn_ready is not None and self.headers is not None:
+            out["processing"] = self.headers - self.conn_ready
+        if self.headers is not None and end is not None:
+            out["transfer"] = end - self.headers
+        return out
+
+
+# The request being made in this task; read by _TimedSSLObject during the handshake.
+_CURRENT: contextvars.ContextVar[_Trace | None] = contextvars.ContextVar(
+    "watchdog_http_trace", default=None
+)
+
+
+class _TimedSSLObject(ssl_module.SSLObject):
+    """An SSLObject that notes when the TLS handshake starts for the current request.
+
+    asyncio creates it once the TCP connection is up and calls do_handshake() from
+    callbacks that run in the requesting task's context, so the ContextVar is visible.
+    """
+
+    def do_handshake(self) -> None:
+        trace = _CURRENT.get()
+        if trace is not None and trace.tls_start is None and trace.create_end is None:
+            trace.tls_start = time.perf_counter()
+        super().do_handshake()
+
+
+def make_ssl_context(
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    insecure_skip_verify: bool = False,
+) -> ssl_module.SSLContext:
+    """A client SSL context whose handshakes are timed separately (the `tls` phase)."""
+    ctx = ssl_module.create_default_context(cafile=ca_file)
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file)
+    if insecure_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl_module.CERT_NONE
+    ctx.sslobject_class = _TimedSSLObject
+    return ctx
+
+
+def _trace_of(ctx: SimpleNamespace) -> _Trace | None:
+    trace = getattr(ctx, "trace_request_ctx", None)
+    return trace if isinstance(trace, _Trace) else None
+
+
+def _on(attr: str) -> Any:
+    async def handler(_session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: Any) -> None:
+        trace = _trace_of(ctx)
+        if trace is not None and getattr(trace, attr) is None:
+            setattr(trace, attr, time.perf_counter())
+
+    return handler
+
+
+async def _on_create_end(
+    _session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: Any
+) -> None:
+    trace = _trace_of(ctx)
+    if trace is not None:
+        trace.create_end = trace.conn_ready = time.perf_counter()
+
+
+def make_trace_config() -> aiohttp.TraceConfig:
+    """The trace config that records a request's phases (see the module docstring)."""
+    config = aiohttp.TraceConfig()
+    config.on_dns_resolvehost_start.append(_on("dns_start"))
+    config.on_dns_resolvehost_end.append(_on("dns_end"))
+    config.on_connection_create_start.append(_on("create_start"))
+    config.on_connection_create_end.append(_on_create_end)
+    config.on_connection_reuseconn.append(_on("conn_ready"))
+    config.on_request_end.append(_on("headers"))
+    return config
+
+
+def make_session(**kwargs: Any) -> aiohttp.ClientSession:
+    """A ClientSession with the phase trace config installed; call inside a running loop."""
+    kwargs["trace_configs"] = [*kwargs.get("trace_configs", ()), make_trace_config()]
+    return aiohttp.ClientSession(**kwargs)
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
+
+
+def _ssl_detail(exc: BaseException) -> str:
+    """A bounded TLS failure description from the OpenSSL reason code, never a message."""
+    cause: BaseException | None = exc
+    for _ in range(4):
+        if cause is None:
+            break
+        # aiohttp's wrappers subclass the ssl errors but keep the original inside.
+        inner = getattr(cause, "certificate_error", None) or getattr(cause, "os_error", None)
+        if isinstance(inner, BaseException) and inner is not cause:
+            cause = inner
+            continue
+        if isinstance(cause, ssl_module.SSLCertVerificationError):
+            verify = getattr(cause, "verify_message", None) or "unknown"
+            return _short(f"certificate verify failed: {verify}")
+        if isinstance(cause, ssl_module.SSLError):
+            reason = getattr(cause, "reason", None) or type(cause).__name__
+            return _short(f"tls handshake failed: {reason}")
+        cause = cause.__cause__
+    return "tls handshake failed"
+
+
+def _os_detail(exc: BaseException) -> str:
+    err = getattr(exc, "os_error", None) or exc
+    code = getattr(err, "errno", None)
+    if code == errno.ECONNREFUSED or isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if code == errno.ECONNRESET or isinstance(err, ConnectionResetError):
+        return "connection reset"
+    if code is not None and code in errno.errorcode:
+        return f"connect failed: {errno.errorcode[code]}"
+    return f"connection failed: {type(exc).__name__}"
+
+
+def _classify(exc: BaseException) -> tuple[Reason, str]:
+    """Map a client exception to a Reason and a short detail."""
+    if isinstance(exc, aiohttp.ServerFingerprintMismatch):
+        return Reason.TLS, "certificate fingerprint mismatch"
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl_module.SSLError)):
+        return Reason.TLS, _ssl_detail(exc)
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return Reason.REFUSED, "dns lookup failed"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return Reason.REFUSED, "server disconnected"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return Reason.PROTOCOL, "truncated or malformed body"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return Reason.PROTOCOL, "malformed HTTP response"
+    if isinstance(exc, (aiohttp.ClientOSError, OSError)):
+        return Reason.REFUSED, _os_detail(exc)
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return Reason.REFUSED, _short(f"connection failed: {type(exc).__name__}")
+    return Reason.PROTOCOL, _short(f"client error: {type(exc).__name__}")
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, max_body: int) -> bytes:
+    """Read the body, never more than max_body + 1 bytes from the stream."""
+    length = resp.content_length
+    if length is not None and length > max_body:
+        raise _BodyTooLargeError
+    buf = bytearray()
+    while True:
+        chunk = await resp.content.read(min(_READ_CHUNK, max_body + 1 - len(buf)))
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        if len(buf) > max_body:
+            raise _BodyTooLargeError
+
+
+async def timed_request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    api: str,
+    op: str,
+    timeout: float,
+    json_body: object = None,
+    headers: Mapping[str, str] | None = None,
+    ssl: ssl_module.SSLContext | bool | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    ok_status: Collection[int] = (200,),
+    expect_json: bool = True,
+) -> ProbeResult:
+    """Make one HTTP call within `timeout` seconds and describe it; never raises for I/O.
+
+    On success `body` is the decoded JSON (or the raw bytes when expect_json is false).
+    On an unexpected status whose body is JSON, `body` holds it too, so callers can read
+    the server's error message. `detail` stays short and never holds a body or secret.
+    """
+    trace = _Trace(start=time.perf_counter())
+    token = _CURRENT.set(trace)
+    status: int | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            async with session.request(
+                method,
+                url,
+                json=json_body,
+                headers=dict(headers) if headers else None,
+                ssl=True if ssl is None else ssl,
+                allow_redirects=False,
+                trace_request_ctx=trace,
+            ) as resp:
+                status = resp.status
+                try:
+                    raw = await _read_capped(resp, max_body)
+                except _BodyTooLargeError:
+                    resp.close()  # the rest of the body is never read
+                    raise
+                end = time.perf_counter()
+    except TimeoutError:
+        detail = f"timeout after {timeout:g}s in {trace.phase()}"
+        return _fail(trace, api, op, Reason.TIMEOUT, detail, status)
+    except _BodyTooLargeError:
+        return _fail(trace, api, op, Reason.PROTOCOL, f"body over {max_body} bytes", status)
+    except (aiohttp.ClientError, OSError) as exc:
+        reason, detail = _classify(exc)
+        return _fail(trace, api, op, reason, detail, status)
+    finally:
+        _CURRENT.reset(token)
+
+    duration, phases = end - trace.start, trace.phases(end)
+    if not expect_json:
+        if status in ok_status:
+            return ProbeResult(api, op, True, duration, None, "", phases, status, None, raw)
+        return _bad_status(api, op, duration, phases, status, None)
+    try:
+        decoded: object = json.loads(raw)
+    except ValueError:  # includes UnicodeDecodeError and an empty body
+        if status in ok_status:
+            return ProbeResult(api, op, False, duration, Reason.PROTOCOL, "invalid JSON",
+                               phases, status)
+        return _bad_status(api, op, duration, phases, status, None)
+    if status in ok_status:
+        return ProbeResult(api, op, True, duration, None, "", phases, status, None, decoded)
+    return _bad_status(api, op, duration, phases, status, decoded)
+
+
+def _bad_status(
+    api: str, op: str, duration: float, phases: dict[str, float], status: int, body: object
+) -> ProbeResult:
+    reason = Reason.AUTH if status in (401, 403) else Reason.HTTP
+    return ProbeResult(api, op, False, duration, reason, f"HTTP {status}", phases, status,
+                       None, body)
+
+
+def _fail(
+    trace: _Trace, api: str, op: str, reason: Reason, detail: str, status: int | None
+) -> ProbeResult:
+    # Only phases that finished: a phase cut short by the failure is named in detail.
+    phases = trace.phases(None)
+    return ProbeResult(api, op, False, time.perf_counter() - trace.start, reason, detail,
+                       phases, status)
