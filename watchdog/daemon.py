@@ -205,8 +205,8 @@ class Daemon:
             self.http.newest_mod_revision(url, f"{prefix}/{d}/", self.config.etcd.timeout)
             for d in TRACKED_DIRS
         ))
-        revisions = [r.revision for r in results if r.ok and r.revision is not None]
-        value = max(revisions) if len(revisions) == len(results) else None
+        newest = [r.body for r in results if r.ok and isinstance(r.body, int)]
+        value = max(newest) if len(newest) == len(results) else None
         self._newest_cache = (now, value)
         return value
 
@@ -318,10 +318,12 @@ async def serve(config: Config, listen: str, stop: asyncio.Event | None = None) 
     from watchdog.web import make_app
 
     daemon = Daemon(config)
+    own_signals = stop is None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if own_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     host, _, port = listen.rpartition(":")
     runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False)
     await runner.setup()
@@ -335,6 +337,7 @@ async def serve(config: Config, listen: str, stop: asyncio.Event | None = None) 
     finally:
         await daemon.stop()
         await runner.cleanup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        if own_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
     log.info("stopped cleanly")

@@ -66,8 +66,8 @@ async def _newest_revision_fn(config: Config):  # type: ignore[no-untyped-def]
                 http.newest_mod_revision(url, f"{prefix}/{d}/", config.etcd.timeout)
                 for d in TRACKED_DIRS
             ))
-            if all(r.ok for r in results):
-                return max((r.revision or 0) for r in results)
+            if all(r.ok and isinstance(r.body, int) for r in results):
+                return max(int(r.body) for r in results)  # type: ignore[call-overload]
         return None
 
     return http, newest
