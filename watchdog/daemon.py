@@ -143,9 +143,9 @@ class Daemon:
                 log.warning("state: %s", warning)
             log.info("learned state loaded dir=%s", self.config.state_dir)
 
-    def save_state(self) -> None:
+    def save_state(self, data: dict[str, object] | None = None) -> None:
         try:
-            self.state.save({"tripwire": self.tripwire.to_dict()})
+            self.state.save(data if data is not None else {"tripwire": self.tripwire.to_dict()})
         except StateError as err:
             self.metrics.state_save_failures.inc()
             log.warning("cannot save state dir=%s error=%s", self.config.state_dir, err)
@@ -188,7 +188,9 @@ class Daemon:
         self.save_state()
 
     async def _save_state_async(self) -> None:
-        await asyncio.to_thread(self.save_state)
+        # Snapshot on the loop (observe() runs here too); only the disk write leaves it.
+        data = {"tripwire": self.tripwire.to_dict()}
+        await asyncio.to_thread(self.save_state, data)
 
     async def newest_config_revision(self) -> int | None:
         """The newest mod_revision of gateway config in etcd (cached for a second, since
