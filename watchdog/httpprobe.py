@@ -284,7 +284,7 @@ async def timed_request(
                     raise
                 end = time.perf_counter()
     except TimeoutError:
-        detail = f"timeout after {timeout:g}s in {trace.phase()}"
+        detail = f"timeout after {timeout:.3g}s in {trace.phase()}"
         return _fail(trace, api, op, Reason.TIMEOUT, detail, status)
     except _BodyTooLargeError:
         return _fail(trace, api, op, Reason.PROTOCOL, f"body over {max_body} bytes", status)

@@ -373,7 +373,7 @@ async def test_stall_reproduced(
         assert stream_count == STREAM_LIMIT
         assert len(created) == STREAM_LIMIT
         assert json_range.reason is Reason.TIMEOUT, json_range
-        assert json_range.detail == "timeout after 2s in processing"
+        assert json_range.detail.startswith("timeout after") and json_range.detail.endswith("in processing")
         assert json_range.duration < 2.5
         assert grpc_range.ok and grpc_range.duration < 0.5, grpc_range
 
