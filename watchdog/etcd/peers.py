@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from watchdog.config import EtcdConfig
-from watchdog.etcd.client import EtcdCallError, EtcdHttp, EtcdStatus
+from watchdog.etcd.client import EtcdCallError, EtcdHttp, EtcdStatus, Member
 from watchdog.etcd.exposure import stream_limit_exposed
 from watchdog.etcd.probes import GrpcProber
 from watchdog.etcd.promtext import MetricsParseError, PeerMetrics, parse_peer_metrics
@@ -64,14 +64,7 @@ async def discover(
     configured endpoints, named after their member when the member list says who they are.
     When no endpoint answers, the last known set is kept.
     """
-    members = None
-    error = ""
-    for endpoint in config.endpoints:
-        try:
-            members = await http.member_list(endpoint, timeout=config.timeout)
-            break
-        except EtcdCallError as exc:
-            error = f"member list from {endpoint}: {exc.result.reason}: {exc.result.detail}"
+    members, error = await _first_member_list(config, http)
     if members is None:
         if known:
             return known, error
@@ -94,6 +87,25 @@ async def discover(
             seen[url] = by_url[url]
         return sorted(seen.values(), key=lambda t: t.name), ""
     return [by_url.get(url, PeerTarget(name=url, url=url)) for url in config.endpoints], ""
+
+
+async def _first_member_list(config: EtcdConfig, http: EtcdHttp) -> tuple[list[Member] | None, str]:
+    """Ask every configured endpoint at once; the first answer wins. A hung endpoint costs
+    at most one timeout, never one per endpoint."""
+    tasks = [asyncio.ensure_future(http.member_list(url, timeout=config.timeout))
+             for url in config.endpoints]
+    errors: list[str] = []
+    try:
+        for done in asyncio.as_completed(tasks):
+            try:
+                return await done, ""
+            except EtcdCallError as exc:
+                errors.append(f"{exc.result.reason}: {exc.result.detail}")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return None, "member list from " + ", ".join(config.endpoints) + ": " + "; ".join(errors)
 
 
 async def poll_peer(
