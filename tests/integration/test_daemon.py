@@ -107,3 +107,47 @@ def test_metrics_pass_promtool(
                           text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == "" and done.stderr.strip() == "", done.stdout + done.stderr
+
+
+def test_hung_member_times_out_without_stalling_the_others(
+    make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
+    run_watchdog: Callable[..., WatchdogProcess],
+) -> None:
+    import time
+
+    from tests.helpers import http_get
+
+    cluster = make_cluster(size=3, name_prefix="hang")
+    # The hung member is a configured endpoint too: discovery must not wait on it.
+    config = etcd_config(cluster)
+    config["etcd"]["endpoints"] = [cluster.members[1].client_url, cluster.members[0].client_url]  # type: ignore[index]
+    proc = run_watchdog(write_config(config))
+    proc.wait_ready()
+    hung = cluster.members[1].name
+    cluster.pause_member(1)
+    try:
+        wait_until(lambda: peer_up(proc).get(hung) == 0.0, timeout=4, interval=0.05,
+                   what="hung member down")
+        def timeouts() -> float:
+            return sample(proc.metrics(), "watchdog_etcd_probe_failures_total", peer=hung,
+                          api="json", op="range", reason="timeout") or 0.0
+        wait_until(lambda: timeouts() >= 1, timeout=4, what="JSON timeouts counted")
+        grpc_timeouts = sample(proc.metrics(), "watchdog_etcd_probe_failures_total", peer=hung,
+                               api="grpc", op="range", reason="timeout")
+        assert grpc_timeouts and grpc_timeouts >= 1
+        before = sample(proc.metrics(), "watchdog_job_runs_total", job="etcd", outcome="success")
+        started = time.monotonic()
+        status, _ = http_get(proc.url + "/metrics", timeout=2)
+        assert status == 200 and time.monotonic() - started < 0.5
+        time.sleep(2.5)
+        text = proc.metrics()
+        after = sample(text, "watchdog_job_runs_total", job="etcd", outcome="success")
+        assert after is not None and before is not None and after - before >= 2, \
+            "polls go on at the interval, each bounded by the deadline"
+        for member in (cluster.members[0], cluster.members[2]):
+            assert sample(text, "watchdog_etcd_peer_up", peer=member.name) == 1.0
+            poll = sample(text, "watchdog_etcd_poll_duration_seconds", peer=member.name)
+            assert poll is not None and poll < 0.5
+    finally:
+        cluster.resume_member(1)
+    wait_until(lambda: peer_up(proc).get(hung) == 1.0, timeout=10, what="resumed member up")
