@@ -41,8 +41,11 @@ ensure_venv() {
   fi
 }
 
-ensure_promtool() {
-  command -v promtool >/dev/null && command -v prometheus >/dev/null && return 0
-  echo "installing prometheus and promtool (Debian package prometheus)" >&2
-  apt_install prometheus || echo "warning: promtool not installed; its tests will be skipped" >&2
+ensure_test_tools() {
+  local want=()
+  command -v promtool >/dev/null && command -v prometheus >/dev/null || want+=(prometheus)
+  command -v chromium >/dev/null || want+=(chromium)
+  [ ${#want[@]} -eq 0 ] && return 0
+  echo "installing ${want[*]} with apt (real Prometheus/promtool and headless Chromium for the tests)" >&2
+  apt_install "${want[@]}" || echo "warning: could not install ${want[*]}; tests needing them are skipped" >&2
 }
