@@ -21,7 +21,7 @@ def wait_until(
     while time.monotonic() < deadline:
         try:
             last = predicate()
-        except Exception as exc:  # noqa: BLE001 - keep polling; report at the end
+        except Exception as exc:
             last = exc  # type: ignore[assignment]
         if last and not isinstance(last, Exception):
             return last
@@ -60,3 +60,21 @@ def all_samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str
         for (sname, slabels), value in samples(text).items()
         if sname == name and set(labels.items()) <= set(slabels)
     ]
+
+
+def require_tool(*names: str) -> str:
+    """The first of `names` on PATH. Missing: skipped on a developer machine, a failure
+    in CI (CI=true), where scripts/test must have installed it."""
+    import os
+    import shutil
+
+    import pytest
+
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    message = f"{names[0]} not installed (scripts/test installs it with apt)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message + " — CI must not skip this test")
+    pytest.skip(message)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import WatchdogProcess
-from tests.helpers import all_samples, sample, wait_until
+from tests.helpers import all_samples, require_tool, sample, wait_until
 from watchdog.lab.cluster import EtcdCluster
 
 pytestmark = pytest.mark.integration
@@ -93,9 +92,7 @@ def test_metrics_pass_promtool(
     etcd_tls: EtcdCluster, write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess],
 ) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (scripts/test installs it with apt)")
+    promtool = require_tool("promtool")
     assert etcd_tls.tls_files is not None
     config = etcd_config(etcd_tls, tls={"ca_file": str(etcd_tls.tls_files.ca_file)})
     proc = run_watchdog(write_config(config))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, WatchdogProcess
-from tests.helpers import sample
+from tests.helpers import require_tool, sample
 from watchdog.lab.cluster import EtcdCluster
 from watchdog.lab.storm import Storm
 
@@ -20,11 +19,7 @@ ARTIFACTS = REPO / "test-artifacts"
 
 
 def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip("chromium not installed (scripts/test installs Debian's chromium)")
+    return require_tool("chromium", "chromium-browser", "google-chrome")
 
 
 def browse(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -82,7 +82,7 @@ def test_timeout_must_be_shorter_than_interval(tmp_path: Path) -> None:
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read config file .*No such file"):
+    with pytest.raises(ConfigError, match=r"cannot read config file .*No such file"):
         load_config(tmp_path / "absent.yml")
     with pytest.raises(ConfigError, match="YAML syntax error at line 3"):
         load_config(write(tmp_path, "etcd:\n  endpoints: [oops\n"))

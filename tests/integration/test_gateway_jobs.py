@@ -1,0 +1,141 @@
+"""The daemon's gateway jobs (admin probe, status, config lag, periodic smoke) in the real
+`watchdog run` process, against simulated gateways on real etcd."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import WatchdogProcess
+from tests.helpers import sample, wait_until
+from tests.integration.test_smoke import (
+    SimHost,
+    admin_put_route,
+    canaries,
+    delete_keys,
+    gateway_entry,
+    key_file,
+    sims,  # noqa: F401 - the fixture
+)
+from watchdog.lab.cluster import EtcdCluster
+
+pytestmark = pytest.mark.integration
+
+ADMIN = "watchdog_gateway_admin_duration_seconds"
+
+
+def daemon_config(cluster: EtcdCluster, gateways: list[dict[str, Any]],
+                  smoke: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "etcd": {"endpoints": cluster.endpoints, "interval": "1s", "timeout": "500ms",
+                 "discover_members": False, "grpc_probes": False},
+        "gateways": gateways,
+        "smoke": smoke or {"interval": 0},
+    }
+
+
+def admin_mean(text: str, gateway: str) -> tuple[float, float]:
+    """(mean seconds, count) of the admin-call histogram for one gateway."""
+    total = sample(text, f"{ADMIN}_sum", gateway=gateway, call="get_missing_route") or 0.0
+    count = sample(text, f"{ADMIN}_count", gateway=gateway, call="get_missing_route") or 0.0
+    return (total / count if count else 0.0), count
+
+
+def test_slow_admin_shows_its_delay_in_the_admin_histogram(
+    etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path],  # noqa: F811
+    run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
+) -> None:
+    delay = 0.3
+    key = "slow-" + secrets.token_hex(8)
+    keys = key_file(tmp_path, key)
+    fast = sims.start(etcd_single, "fast", key)
+    slow = sims.start(etcd_single, "slow", key, faults={"slow-admin"}, admin_delay=delay)
+    timing = {"interval": "250ms", "timeout": "2s"}
+    proc = run_watchdog(write_config(daemon_config(etcd_single, [
+        gateway_entry(fast, keys, **timing), gateway_entry(slow, keys, **timing)])))
+
+    wait_until(lambda: min(admin_mean(proc.metrics(), g)[1] for g in ("fast", "slow")) >= 10,
+               timeout=20, interval=0.25, what="10 admin calls per gateway")
+    text = proc.metrics()
+    (fast_mean, fast_n), (slow_mean, slow_n) = admin_mean(text, "fast"), admin_mean(text, "slow")
+    measured = slow_mean - fast_mean
+    print(f"\nslow-admin: injected {delay:.3f}s, measured {measured:.4f}s "
+          f"(slow mean {slow_mean * 1000:.1f} ms over {slow_n:.0f} calls, "
+          f"healthy mean {fast_mean * 1000:.1f} ms over {fast_n:.0f} calls)")
+    assert abs(measured - delay) <= 0.01, measured
+    assert sample(text, "watchdog_gateway_admin_success", gateway="slow") == 1.0
+
+
+def test_gateway_state_smoke_lag_ready_and_auth_without_leaking_the_key(
+    etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path],  # noqa: F811
+    run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
+) -> None:
+    key = "daemon-" + secrets.token_hex(8)
+    wrong = "wrong-" + secrets.token_hex(8)
+    keys, wrong_keys = key_file(tmp_path, key), key_file(tmp_path, wrong, "wrong.key")
+    healthy = sims.start(etcd_single, "healthy", key)
+    stale = sims.start(etcd_single, "stale", key, faults={"stale"})
+    hang = sims.start(etcd_single, "hang", key, faults={"init-hang"})
+    locked = sims.start(etcd_single, "locked", key)
+    timing = {"interval": "500ms", "timeout": "1s"}
+    config = daemon_config(etcd_single, [
+        gateway_entry(healthy, keys, **timing), gateway_entry(stale, keys, **timing),
+        gateway_entry(hang, keys, **timing), gateway_entry(locked, wrong_keys, **timing),
+    ], smoke={"interval": "2s", "timeout": "1500ms"})
+    proc = run_watchdog(write_config(config), env={"WATCHDOG_LOG_LEVEL": "debug"})
+    proc.wait_ready()
+    route_ids = [f"lag-{secrets.token_hex(4)}-{i}" for i in range(3)]
+    try:
+        def value(name: str, gateway: str, **labels: str) -> float | None:
+            return sample(proc.metrics(), name, gateway=gateway, **labels)
+
+        wait_until(lambda: value("watchdog_gateway_smoke_success", "healthy") == 1.0,
+                   timeout=10, what="healthy smoke passed")
+        sync = value("watchdog_gateway_sync_seconds", "healthy")
+        assert sync is not None and 0 < sync < 1.0, sync
+        wait_until(lambda: value("watchdog_gateway_smoke_success", "stale") == 0.0,
+                   timeout=10, what="stale smoke failed")
+        assert value("watchdog_gateway_sync_seconds", "stale") is None
+        wait_until(lambda: value("watchdog_gateway_ready", "hang") == 0.0, timeout=10,
+                   what="init-hang not ready")
+        assert value("watchdog_gateway_ready", "healthy") == 1.0
+
+        # Config lag: routes put through the stale gateway's own admin API land in etcd,
+        # but its workers never apply them; the healthy one follows.
+        lags: list[float] = []
+        for route_id in route_ids:
+            assert admin_put_route(stale, key, route_id, f"/{route_id}") in (200, 201)
+            floor = lags[-1] if lags else 0.0
+            lag = wait_until(
+                lambda f=floor: (v := value("watchdog_gateway_config_lag_revisions", "stale"))
+                is not None and v > f and v, timeout=10, what="stale lag growing")
+            lags.append(lag)
+        wait_until(lambda: value("watchdog_gateway_config_lag_revisions", "healthy") == 0.0,
+                   timeout=10, what="healthy lag 0")
+        print(f"\nstale config lag after each route put: {lags}; healthy sync {sync * 1000:.1f} ms")
+        assert lags == sorted(lags) and len(set(lags)) == 3
+
+        auth = wait_until(lambda: (v := value("watchdog_gateway_admin_failures_total", "locked",
+                                              reason="auth")) and v >= 2 and v,
+                          timeout=10, what="auth failures counted")
+        assert auth >= 2
+        assert value("watchdog_gateway_admin_failures_total", "healthy", reason="auth") == 0.0
+
+        status, page = proc.get("/")
+        assert status == 200 and "NOT READY" in page
+        for text in (proc.metrics(), page):
+            assert key not in text and wrong not in text
+    finally:
+        for route_id in route_ids:
+            delete_keys(etcd_single, f"/apisix/routes/{route_id}")
+    assert proc.stop(signal.SIGTERM) == 0
+    log = proc.output()
+    assert "smoke failed gateway=stale" in log and "admin call failed gateway=locked" in log
+    assert key not in log and wrong not in log
+    assert "Traceback" not in log
+    assert canaries(etcd_single) == []  # in-flight canaries are deleted on shutdown too

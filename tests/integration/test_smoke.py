@@ -1,0 +1,395 @@
+"""`watchdog smoke`, the init-sync gate, as a deploy pipeline runs it: the real process
+against simulated APISIX gateways on real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.helpers import wait_until
+from watchdog.lab.cluster import EtcdCluster, b64, free_port
+from watchdog.lab.gateway_sim import GatewaySim, SimConfig
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CANARY_KEYS = "/apisix/routes/watchdog-canary-"
+T = TypeVar("T")
+
+
+# -- simulated gateways on their own event loop -----------------------------------
+
+
+class SimHost:
+    """Simulated gateways on an event loop in a background thread, so that blocking test
+    code (subprocess waits, urllib, the run_watchdog fixture) never stalls them."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="sims", daemon=True)
+        self.thread.start()
+        self.sims: list[GatewaySim] = []
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self, cluster: EtcdCluster, name: str, admin_key: str, **kwargs: Any) -> GatewaySim:
+        config = SimConfig(name=name, etcd_endpoints=cluster.endpoints, admin_key=admin_key,
+                           workers=kwargs.pop("workers", 2), **kwargs)
+        sim = GatewaySim(config)
+        self.call(sim.start())
+        self.sims.append(sim)
+        return sim
+
+    def set_faults(self, sim: GatewaySim, faults: set[str], admin_delay: float | None = None) -> None:
+        async def switch() -> None:
+            sim.set_faults(faults, admin_delay)
+
+        self.call(switch())
+
+    def close(self) -> None:
+        for sim in self.sims:
+            self.call(sim.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture
+def sims() -> Iterator[SimHost]:
+    host = SimHost()
+    try:
+        yield host
+    finally:
+        host.close()
+
+
+def key_file(tmp_path: Path, key: str, name: str = "admin.key") -> Path:
+    path = tmp_path / name
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def gateway_entry(sim: GatewaySim, admin_key_file: Path, **overrides: Any) -> dict[str, Any]:
+    """The config entry for a simulated gateway (every URL, as `lab up` writes them)."""
+    entry = {
+        "name": sim.config.name, "admin_url": sim.admin_url, "admin_key_file": str(admin_key_file),
+        "data_url": sim.data_url, "status_url": sim.status_url, "metrics_url": sim.metrics_url,
+    }
+    entry.update(overrides)
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+def smoke_config(cluster: EtcdCluster, gateways: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"etcd": {"endpoints": cluster.endpoints, "interval": "1s", "timeout": "500ms"},
+            "gateways": gateways, **extra}
+
+
+def smoke_cmd(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "watchdog", "smoke", "--config", str(config), *args]
+
+
+def run_smoke(config: Path, *args: str, timeout: float = 30) -> tuple[subprocess.CompletedProcess[str],
+                                                                      float, float]:
+    """Run `watchdog smoke`; returns the process, its launch and its exit (Unix time)."""
+    launched = time.time()
+    done = subprocess.run(smoke_cmd(config, *args), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO)
+    return done, launched, time.time()
+
+
+def canaries(cluster: EtcdCluster) -> list[tuple[str, str]]:
+    return cluster.get(CANARY_KEYS, prefix=True)
+
+
+def etcd_revision(cluster: EtcdCluster) -> int:
+    answer = cluster.request("/v3/kv/range", {"key": b64("/watchdog-test/none")})
+    return int(answer["header"]["revision"])  # type: ignore[index]
+
+
+def admin_put_route(sim: GatewaySim, key: str, route_id: str, uri: str) -> int:
+    body = json.dumps({"uri": uri, "plugins": {"redirect": {"uri": "/elsewhere"}}}).encode()
+    req = urllib.request.Request(f"{sim.admin_url}/apisix/admin/routes/{route_id}", data=body,
+                                 method="PUT", headers={"X-API-KEY": key})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.status
+
+
+def delete_keys(cluster: EtcdCluster, prefix: str) -> None:
+    cluster.request("/v3/kv/deleterange", {"key": b64(prefix), "range_end": b64(prefix + "\xff")})
+
+
+def report_of(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        raise AssertionError(f"no JSON report: {done.stdout!r} {done.stderr!r}") from None
+
+
+def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {g["gateway"]: g for g in report["gateways"]}
+
+
+# -- the gate passes ---------------------------------------------------------------
+
+
+def test_healthy_gateways_exit_0_right_after_the_canary_is_served(
+    etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    key = "healthy-" + secrets.token_hex(8)
+    keys = key_file(tmp_path, key)
+    gws = [sims.start(etcd_single, f"ok-{i}", key) for i in range(2)]
+    config = write_config(smoke_config(etcd_single, [gateway_entry(g, keys) for g in gws]))
+
+    done, launched, exited = run_smoke(config, "--output", "json", "--timeout", "10")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = report_of(done)
+    assert report["ok"] is True and report["interrupted"] is False
+    for gw in report["gateways"]:
+        assert gw["ok"] is True and gw["phase"] == "done", gw
+        assert 0 < gw["sync_seconds"] < 1.0, gw
+        assert gw["canary_route"].startswith("watchdog-canary-") and gw["canary_deleted"] is True
+    # Exit latency: Unix time the last canary was first served (in the report) until this
+    # process saw the gate exit; covers the delete, the report and interpreter shutdown.
+    served = max(gw["served_at"] for gw in report["gateways"])
+    after_serve = exited - served
+    wall = exited - launched
+    print(f"\nhealthy: sync_seconds={[round(g['sync_seconds'], 4) for g in report['gateways']]} "
+          f"report elapsed={report['elapsed']:.3f}s wall={wall:.3f}s "
+          f"startup+shutdown={wall - report['elapsed']:.3f}s exit {after_serve:.3f}s after serve")
+    assert 0 <= after_serve <= 1.0, after_serve
+    assert canaries(etcd_single) == []
+    assert key not in done.stdout + done.stderr
+
+
+# -- the gate fails, each with its reason -------------------------------------------
+
+
+def test_broken_gateways_fail_by_the_deadline_with_a_reason_each(
+    etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    key = "broken-" + secrets.token_hex(8)
+    keys = key_file(tmp_path, key)
+    ok = sims.start(etcd_single, "ok", key)
+    hang = sims.start(etcd_single, "init-hang", key, faults={"init-hang"})
+    hang_blind = sims.start(etcd_single, "init-hang-nostatus", key, faults={"init-hang"})
+    stale = sims.start(etcd_single, "stale", key, faults={"stale"})
+    shim = sims.start(etcd_single, "shim", key, faults={"shim"})
+    entries = [gateway_entry(ok, keys), gateway_entry(hang, keys),
+               gateway_entry(hang_blind, keys, status_url=None), gateway_entry(stale, keys),
+               gateway_entry(shim, keys)]
+    config = write_config(smoke_config(etcd_single, entries))
+
+    done, launched, exited = run_smoke(config, "--output", "json", "--timeout", "3")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = report_of(done)
+    gws = by_name(report)
+    assert report["ok"] is False and report["interrupted"] is False
+    assert gws["ok"]["ok"] is True
+    # Verdicts by the deadline: the gates end at 3 s, then deletes and shutdown.
+    assert exited - launched < 3.0 + 2.0, exited - launched
+    for name in ("init-hang", "init-hang-nostatus", "stale", "shim"):
+        assert gws[name]["ok"] is False and 2.5 < gws[name]["elapsed"] < 3.5, gws[name]
+
+    hung = gws["init-hang"]  # with status_url: stops at /status/ready, writes nothing
+    assert (hung["phase"], hung["reason"]) == ("status ready", "http")
+    assert "/status/ready still answers HTTP 503" in hung["message"]
+    assert "has not received configuration" in hung["message"]
+    assert hung["canary_route"] is None
+
+    blind = gws["init-hang-nostatus"]  # no status_url: the canary is written, never served
+    assert (blind["phase"], blind["reason"]) == ("propagate", "timeout")
+    assert "data plane still answers 404 Route Not Found after" in blind["message"]
+    assert "not applying etcd changes" in blind["message"]
+
+    stuck = gws["stale"]
+    assert (stuck["phase"], stuck["reason"]) == ("propagate", "timeout")
+    assert stuck["message"].startswith("canary written, data plane still answers 404 Route Not "
+                                       "Found after")
+    assert "applying etcd changes" in stuck["message"]
+
+    shimmed = gws["shim"]
+    assert (shimmed["phase"], shimmed["reason"]) == ("propagate", "timeout")
+    assert "admin API lists no routes" in shimmed["message"]
+    assert "etcd-adapter shim" in shimmed["message"]
+
+    for name in ("init-hang-nostatus", "stale", "shim"):
+        assert gws[name]["canary_deleted"] is True, gws[name]
+    assert canaries(etcd_single) == []
+    print("\n" + "\n".join(f"{n}: {g['message']}" for n, g in gws.items()))
+
+
+def test_wrong_key_and_unreachable_text_report_without_ansi(
+    etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    key = "texty-" + secrets.token_hex(8)
+    wrong = "wrong-" + secrets.token_hex(8)
+    keys, wrong_keys = key_file(tmp_path, key), key_file(tmp_path, wrong, "wrong.key")
+    ok = sims.start(etcd_single, "ok", key)
+    other = sims.start(etcd_single, "other", key)
+    closed = f"http://127.0.0.1:{free_port()}"
+    entries = [
+        gateway_entry(ok, keys),
+        gateway_entry(other, wrong_keys, name="bad-key"),
+        gateway_entry(other, keys, name="no-admin", admin_url=closed),
+        {"name": "down", "admin_url": closed, "admin_key_file": str(keys), "data_url": closed},
+    ]
+    config = write_config(smoke_config(etcd_single, entries))
+
+    done, _, _ = run_smoke(config, "--timeout", "2")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 5, done.stdout
+    verdicts = {line.split()[1].rstrip(":"): line for line in lines[:4]}
+    assert verdicts["ok"].startswith("PASS ok: canary served after")
+    assert verdicts["bad-key"].startswith("FAIL bad-key [write/auth]")
+    assert "admin API rejected the admin key (HTTP 401 (failed to check token))" in \
+        verdicts["bad-key"]
+    assert "could not be deleted" not in verdicts["bad-key"]  # a 401 stored nothing
+    assert verdicts["no-admin"].startswith("FAIL no-admin [write/refused]")
+    assert f"admin API at {closed} unreachable: connection refused" in verdicts["no-admin"]
+    assert verdicts["down"].startswith("FAIL down [data plane/refused]")
+    assert f"data plane at {closed} not answering after" in verdicts["down"]
+    assert "connection refused" in verdicts["down"]
+    assert lines[4] == "1/4 gateways synced"
+    assert "\x1b" not in done.stdout + done.stderr  # stderr is a pipe: no live display
+    assert key not in done.stdout + done.stderr and wrong not in done.stdout + done.stderr
+    assert canaries(etcd_single) == []
+
+
+# -- signals ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_gate_deletes_the_canary_and_exits_1(
+    sig: signal.Signals, etcd_single: EtcdCluster, sims: SimHost,
+    write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    key = "signal-" + secrets.token_hex(8)
+    keys = key_file(tmp_path, key)
+    stale = sims.start(etcd_single, "stale", key, faults={"stale"})
+    ok = sims.start(etcd_single, "ok", key)
+    config = write_config(smoke_config(etcd_single, [gateway_entry(stale, keys),
+                                                     gateway_entry(ok, keys)]))
+    proc = subprocess.Popen(smoke_cmd(config, "--output", "json", "--timeout", "30"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, cwd=REPO)
+    try:
+        # The stale gateway never serves its canary: once "ok" served its own (a 302 in its
+        # metrics) and only one canary is left in etcd, the gate is mid-way for "stale".
+        def mid_way() -> bool:
+            served = 'code="302"' in urllib.request.urlopen(ok.metrics_url, timeout=2).read().decode()
+            return served and len(canaries(etcd_single)) == 1
+
+        wait_until(mid_way, timeout=15, interval=0.05, what="the stale gateway's canary alone")
+        signalled = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=15)
+        stopped = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    assert proc.returncode == 1, out + err
+    report = json.loads(out)
+    assert report["interrupted"] is True and report["ok"] is False
+    gws = by_name(report)
+    assert gws["stale"]["message"] == "interrupted by a signal during propagate"
+    assert gws["stale"]["canary_deleted"] is True
+    assert gws["ok"]["ok"] is True  # it passed before the signal
+    assert canaries(etcd_single) == []
+    assert stopped < 2.0, stopped
+    assert "Traceback" not in err
+
+
+# -- read-only ---------------------------------------------------------------------
+
+
+def test_read_only_on_healthy_gateways_passes_and_writes_nothing(
+    etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    key = "readonly-" + secrets.token_hex(8)
+    keys = key_file(tmp_path, key)
+    gws = [sims.start(etcd_single, f"ro-{i}", key) for i in range(2)]
+    config = write_config(smoke_config(etcd_single, [gateway_entry(g, keys) for g in gws]))
+    before = etcd_revision(etcd_single)
+
+    done, _, _ = run_smoke(config, "--read-only", "--output", "json", "--timeout", "5")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert etcd_revision(etcd_single) == before
+    for gw in report_of(done)["gateways"]:
+        assert gw["ok"] is True and gw["read_only"] is True, gw
+        assert gw["message"] == "config lag 0 revisions, /status/ready answers 200 (read-only)"
+        assert gw["config_lag"] == 0 and gw["canary_route"] is None
+
+
+def test_read_only_on_a_stale_gateway_fails_on_config_lag(
+    etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    key = "rostale-" + secrets.token_hex(8)
+    keys = key_file(tmp_path, key)
+    stale = sims.start(etcd_single, "stale", key, faults={"stale"})
+    route_ids = [f"ro-stale-{secrets.token_hex(4)}-{i}" for i in range(2)]
+    try:
+        for route_id in route_ids:  # a deploy changed routes; this gateway never applies them
+            assert admin_put_route(stale, key, route_id, f"/{route_id}") in (200, 201)
+        config = write_config(smoke_config(etcd_single, [gateway_entry(stale, keys)]))
+
+        done, _, _ = run_smoke(config, "--read-only", "--timeout", "2", "--output", "json")
+
+        assert done.returncode == 1, done.stdout + done.stderr
+        gw = report_of(done)["gateways"][0]
+        assert (gw["phase"], gw["reason"]) == ("config lag", "timeout")
+        assert gw["config_lag"] >= 2
+        assert gw["message"].startswith(f"config lag still {gw['config_lag']:.0f} revisions at "
+                                        "the deadline")
+        assert "stopped applying etcd changes" in gw["message"]
+    finally:
+        for route_id in route_ids:
+            delete_keys(etcd_single, f"/apisix/routes/{route_id}")
+
+
+# -- usage errors -------------------------------------------------------------------
+
+
+def test_bad_config_and_unknown_gateway_exit_2(
+    write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text("etcd: {endpoints: [http://127.0.0.1:2379]}\ngateways:\n  - name: [x\n")
+    done, _, _ = run_smoke(broken)
+    assert done.returncode == 2 and "YAML syntax error" in done.stderr, done.stderr
+
+    typo = write_config({"etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+                         "gateways": [{"name": "gw", "admin_url": "http://127.0.0.1:1",
+                                       "admin_key_env": "HOME", "data_url": "http://127.0.0.1:1",
+                                       "dataurl": "x"}]}, name="typo.yml")
+    done, _, _ = run_smoke(typo)
+    assert done.returncode == 2 and "gateways[0].dataurl: unknown key" in done.stderr
+
+    good = write_config({"etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+                         "gateways": [{"name": "gw-1", "admin_url": "http://127.0.0.1:1",
+                                       "admin_key_env": "HOME",
+                                       "data_url": "http://127.0.0.1:1"}]}, name="good.yml")
+    done, _, _ = run_smoke(good, "--gateway", "gw-9")
+    assert done.returncode == 2
+    assert "no gateway named gw-9" in done.stderr and "configured: gw-1" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,191 @@
+"""run_gate against a scripted admin API and data plane: the canary's life cycle at the
+edges a simulator does not reach (a signal mid-write, a hung write, a rejected key)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from watchdog.config import GatewayConfig
+from watchdog.gateway.gate import verdict
+from watchdog.gateway.smoke import Progress, SmokeResult, canary, run_gate
+from watchdog.httpprobe import make_session
+from watchdog.results import Reason
+
+KEY = "unit-admin-key"
+
+
+@dataclass
+class FakeGateway:
+    """Admin API and data plane on one port; behaviour set per test."""
+
+    put_delay: float = 0.0
+    put_status: int = 201
+    redirect_to: str | None = None  # None: serve the canary properly
+    routes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+    put_started: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
+
+    async def admin(self, request: web.Request) -> web.Response:
+        route_id = request.match_info["id"]
+        if request.method == "PUT":
+            self.events.append("put-start")
+            self.put_started.set()
+            await asyncio.sleep(self.put_delay)
+            if self.put_status >= 300:
+                self.events.append(f"put-{self.put_status}")
+                return web.json_response({"error_msg": "failed to check token"},
+                                         status=self.put_status)
+            self.routes[route_id] = await request.json()
+            self.events.append("put-done")
+            return web.json_response({"key": route_id}, status=self.put_status)
+        if request.method == "DELETE":
+            self.events.append("delete")
+            if self.routes.pop(route_id, None) is None:
+                return web.json_response({"message": "Key not found"}, status=404)
+            return web.json_response({"deleted": "1"})
+        if request.method == "GET":
+            return web.json_response({"message": "Key not found"}, status=404)
+        raise web.HTTPMethodNotAllowed(request.method, ["PUT", "DELETE", "GET"])
+
+    async def data(self, request: web.Request) -> web.Response:
+        for route in self.routes.values():
+            if route["uri"] == request.path:
+                target = self.redirect_to or route["plugins"]["redirect"]["uri"]
+                raise web.HTTPFound(target)
+        return web.json_response({"error_msg": "404 Route Not Found"}, status=404)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeGateway]:
+    gw = FakeGateway()
+    app = web.Application()
+    app.router.add_route("*", "/apisix/admin/routes/{id}", gw.admin)
+    app.router.add_route("*", "/{tail:.*}", gw.data)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    gw.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    yield gw
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    s = make_session(connector=aiohttp.TCPConnector(force_close=True, limit=0))
+    yield s
+    await s.close()
+
+
+def gateway(url: str, monkeypatch: pytest.MonkeyPatch) -> GatewayConfig:
+    monkeypatch.setenv("UNIT_ADMIN_KEY", KEY)
+    return GatewayConfig(name="gw", admin_url=url, admin_key_env="UNIT_ADMIN_KEY", data_url=url)
+
+
+Gate = Callable[..., Awaitable[SmokeResult]]
+
+
+def test_canary_matches_the_contract() -> None:
+    route_id, body, path, location = canary("abc123")
+    assert route_id == "watchdog-canary-abc123"
+    assert body == {"uri": "/__watchdog/canary/abc123",
+                    "plugins": {"redirect": {"uri": "/__watchdog/ok/abc123", "ret_code": 302}}}
+    assert (path, location) == ("/__watchdog/canary/abc123", "/__watchdog/ok/abc123")
+
+
+def test_verdict_lines() -> None:
+    passed = SmokeResult("gw-1", True, "done", "canary served after 12 ms")
+    assert verdict(passed) == "PASS gw-1: canary served after 12 ms"
+    failed = SmokeResult("gw-2", False, "propagate", "still 404", Reason.TIMEOUT, elapsed=3.02,
+                         canary_route="watchdog-canary-x", canary_deleted=True)
+    assert verdict(failed) == "FAIL gw-2 [propagate/timeout] after 3.0s: still 404 (canary deleted)"
+
+
+async def test_passes_and_deletes(fake: FakeGateway, session: aiohttp.ClientSession,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    result = await run_gate(gateway(fake.url, monkeypatch), session, timeout=5)
+    assert result.ok and result.sync_seconds is not None and result.served_at is not None
+    assert result.canary_deleted is True and fake.routes == {}
+    assert fake.events == ["put-start", "put-done", "delete"]
+
+
+async def test_signal_during_the_write_lets_it_land_then_deletes(
+    fake: FakeGateway, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delete sent while the write is still in flight could overtake it and leave the
+    canary behind; the gate lets the write finish first."""
+    fake.put_delay = 0.4
+    progress = Progress("gw")
+    task = asyncio.create_task(run_gate(gateway(fake.url, monkeypatch), session, timeout=5,
+                                        progress=progress))
+    await asyncio.wait_for(fake.put_started.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert fake.events == ["put-start", "put-done", "delete"]
+    assert fake.routes == {}
+    assert progress.result is not None
+    assert (progress.result.ok, progress.result.message) == (False, "interrupted")
+    assert progress.result.canary_deleted is True
+
+
+async def test_second_signal_during_the_cleanup_still_deletes(
+    fake: FakeGateway, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake.put_delay = 0.4
+    progress = Progress("gw")
+    task = asyncio.create_task(run_gate(gateway(fake.url, monkeypatch), session, timeout=5,
+                                        progress=progress))
+    await asyncio.wait_for(fake.put_started.wait(), 5)
+    task.cancel()
+    await asyncio.sleep(0.1)
+    task.cancel()  # an impatient second Ctrl-C
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert fake.events == ["put-start", "put-done", "delete"] and fake.routes == {}
+    assert progress.result is not None and progress.result.canary_deleted is True
+
+
+async def test_rejected_key_sends_no_delete(
+    fake: FakeGateway, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake.put_status = 401
+    result = await run_gate(gateway(fake.url, monkeypatch), session, timeout=5)
+    assert (result.ok, result.phase, result.reason) == (False, "write", Reason.AUTH)
+    assert result.message.startswith("admin API rejected the admin key (HTTP 401 (failed to "
+                                     "check token))")
+    assert result.canary_route is None and result.canary_deleted is None
+    assert fake.events == ["put-start", "put-401"]
+
+
+async def test_hung_write_is_still_deleted(
+    fake: FakeGateway, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write that timed out may have landed: the gate deletes it anyway."""
+    fake.put_delay = 0.6
+    result = await run_gate(gateway(fake.url, monkeypatch), session, timeout=5, call_timeout=0.3)
+    assert (result.ok, result.phase, result.reason) == (False, "write", Reason.TIMEOUT)
+    assert result.canary_route is not None
+    # The server finishes the write after the client gave up; the delete was already sent.
+    # The fake applies them in arrival order, so whatever landed is gone or never came.
+    assert "delete" in fake.events
+
+
+async def test_wrong_location_is_named(
+    fake: FakeGateway, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake.redirect_to = "/somewhere-else"
+    result = await run_gate(gateway(fake.url, monkeypatch), session, timeout=0.5)
+    assert (result.ok, result.phase, result.reason) == (False, "propagate", Reason.TIMEOUT)
+    assert "302 to '/somewhere-else', not the canary's Location" in result.message
+    assert result.canary_deleted is True and fake.routes == {}
