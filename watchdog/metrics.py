@@ -80,12 +80,12 @@ class WatchdogMetrics:
         )
         self.job_runs = Counter(
             "watchdog_job_runs",
-            "Runs of each polling job by outcome (success, timeout, error).",
-            ["job", "outcome"], registry=registry,
+            "Runs of each polling task by outcome (success, timeout, error).",
+            ["task", "outcome"], registry=registry,
         )
         self.job_duration = Gauge(
             "watchdog_job_duration_seconds",
-            "Wall time of the job's last run.", ["job"], registry=registry,
+            "Wall time of the task's last run.", ["task"], registry=registry,
         )
         self.state_save_failures = Counter(
             "watchdog_state_save_failures",

@@ -132,13 +132,13 @@ def test_hung_member_times_out_without_stalling_the_others(
         grpc_timeouts = sample(proc.metrics(), "watchdog_etcd_probe_failures_total", peer=hung,
                                api="grpc", op="range", reason="timeout")
         assert grpc_timeouts and grpc_timeouts >= 1
-        before = sample(proc.metrics(), "watchdog_job_runs_total", job="etcd", outcome="success")
+        before = sample(proc.metrics(), "watchdog_job_runs_total", task="etcd", outcome="success")
         started = time.monotonic()
         status, _ = http_get(proc.url + "/metrics", timeout=2)
         assert status == 200 and time.monotonic() - started < 0.5
         time.sleep(2.5)
         text = proc.metrics()
-        after = sample(text, "watchdog_job_runs_total", job="etcd", outcome="success")
+        after = sample(text, "watchdog_job_runs_total", task="etcd", outcome="success")
         assert after is not None and before is not None and after - before >= 2, \
             "polls go on at the interval, each bounded by the deadline"
         for member in (cluster.members[0], cluster.members[2]):

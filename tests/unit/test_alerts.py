@@ -1,7 +1,7 @@
 """Checks of the Prometheus rules in alerts/.
 
-- `promtool check rules` is clean and `promtool test rules alerts/tests/*.yml` passes (skipped
-  when promtool is not on PATH; CI installs it);
+- `promtool check rules` is clean and `promtool test rules alerts/tests/*.yml` passes (without
+  promtool on PATH: skipped on a developer machine, a failure in CI, see require_tool);
 - every alert has summary, description and a runbook_url whose anchor is a section of
   docs/runbook.md; severity and `for` are set;
 - the alerts the contract requires exist;
@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.helpers import require_tool
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -45,15 +46,8 @@ CONTRACT_ALERTS = {
     "GatewayConfigLag",
 }
 SEVERITIES = {"critical", "warning", "info"}
-# Labels every scraped series may carry besides its own (target labels, and `exported_job`
-# for watchdog_job_runs_total whose `job` label clashes with the target's).
-TARGET_LABELS = {"job", "instance", "exported_job"}
-
-PROMTOOL = shutil.which("promtool")
-requires_promtool = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool is not on PATH (CI installs it; Debian/Ubuntu: apt-get install prometheus)",
-)
+# Labels every scraped series carries besides its own: the target labels.
+TARGET_LABELS = {"job", "instance"}
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -88,9 +82,7 @@ def load_rules(path: Path) -> list[dict[str, Any]]:
 
 
 def all_alerts() -> list[tuple[str, dict[str, Any]]]:
-    return [
-        (path.name, rule) for path in RULE_FILES for rule in load_rules(path) if "alert" in rule
-    ]
+    return [(path.name, rule) for path in RULE_FILES for rule in load_rules(path) if "alert" in rule]
 
 
 @functools.cache
@@ -147,14 +139,12 @@ def test_helpers_parse_what_they_should() -> None:
     metrics = documented_metrics()
     assert metrics["watchdog_etcd_probe_duration_seconds_bucket"] == {"peer", "api", "op", "le"}
     assert "watchdog_etcd_max_fds" in metrics and "watchdog_etcd_open_fds" in metrics
-    assert metrics["watchdog_job_runs_total"] == {"job", "outcome"}
+    assert metrics["watchdog_job_runs_total"] == {"task", "outcome"}
     assert metric_names(
         'sum without (op) (rate(a_bucket{api="json"}[5m])) > bool 1 and on (x) b:c:d offset 1h'
     ) == {"a_bucket", "b:c:d"}
     assert selector_labels('x{peer=~"$peer",api="a=b"}') == [("x", {"peer", "api"})]
-    assert template_queries('{{ with query (printf "m{peer=%q}" $labels.peer) }}') == [
-        'm{peer="x"}'
-    ]
+    assert template_queries('{{ with query (printf "m{peer=%q}" $labels.peer) }}') == ['m{peer="x"}']
     assert "etcdpeerdown" in runbook_anchors()
 
 
@@ -177,10 +167,10 @@ def test_rule_files_are_plain_yaml(path: Path) -> None:
 
 
 @pytest.mark.needs_promtool
-@requires_promtool
 def test_promtool_check_rules() -> None:
+    promtool = require_tool("promtool")
     proc = subprocess.run(
-        [PROMTOOL, "check", "rules", *map(str, RULE_FILES)],
+        [promtool, "check", "rules", *map(str, RULE_FILES)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -192,12 +182,12 @@ def test_promtool_check_rules() -> None:
 
 
 @pytest.mark.needs_promtool
-@requires_promtool
 def test_promtool_test_rules() -> None:
+    promtool = require_tool("promtool")
     # one promtool per file, in parallel: the wall time is that of the slowest file
     procs = [
         (path, subprocess.Popen(
-            [PROMTOOL, "test", "rules", str(path)],
+            [promtool, "test", "rules", str(path)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ))
         for path in TEST_FILES
@@ -213,9 +203,7 @@ def test_promtool_test_rules() -> None:
 # --- annotations, labels, runbook -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("file", "rule"), all_alerts(), ids=[f"{f}:{r['alert']}" for f, r in all_alerts()]
-)
+@pytest.mark.parametrize(("file", "rule"), all_alerts(), ids=[f"{f}:{r['alert']}" for f, r in all_alerts()])
 def test_alert_is_documented_and_labelled(file: str, rule: dict[str, Any]) -> None:
     name = rule["alert"]
     annotations = rule.get("annotations", {})
@@ -256,6 +244,17 @@ def test_runbook_covers_exactly_the_alerts() -> None:
     names = {rule["alert"] for _, rule in all_alerts()}
     sections = set(re.findall(r"^## (\S+)\s*$", RUNBOOK.read_text(), re.M)) - {"Toolbox"}
     assert names == sections, {"no section": names - sections, "no alert": sections - names}
+
+
+def test_runbook_table_matches_the_rules() -> None:
+    rows = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| \[(\w+)\]\(#\w+\) \|(.*)\|\s*$", RUNBOOK.read_text(), re.M)
+    }
+    for _, rule in all_alerts():
+        row = rows.get(rule["alert"], "")
+        assert rule["labels"]["severity"] in row, f"{rule['alert']}: severity in the table"
+        assert re.search(rf"\b{rule['for']}\b", row), f"{rule['alert']}: `for` in the table"
 
 
 def test_runbook_internal_links_resolve() -> None:
