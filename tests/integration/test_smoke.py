@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -247,6 +250,7 @@ def test_wrong_key_and_unreachable_text_report_without_ansi(
         gateway_entry(ok, keys),
         gateway_entry(other, wrong_keys, name="bad-key"),
         gateway_entry(other, keys, name="no-admin", admin_url=closed),
+        gateway_entry(other, keys, name="no-status", status_url=closed),
         {"name": "down", "admin_url": closed, "admin_key_file": str(keys), "data_url": closed},
     ]
     config = write_config(smoke_config(etcd_single, entries))
@@ -255,8 +259,8 @@ def test_wrong_key_and_unreachable_text_report_without_ansi(
 
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
-    assert len(lines) == 5, done.stdout
-    verdicts = {line.split()[1].rstrip(":"): line for line in lines[:4]}
+    assert len(lines) == 6, done.stdout
+    verdicts = {line.split()[1].rstrip(":"): line for line in lines[:5]}
     assert verdicts["ok"].startswith("PASS ok: canary served after")
     assert verdicts["bad-key"].startswith("FAIL bad-key [write/auth]")
     assert "admin API rejected the admin key (HTTP 401 (failed to check token))" in \
@@ -267,7 +271,9 @@ def test_wrong_key_and_unreachable_text_report_without_ansi(
     assert verdicts["down"].startswith("FAIL down [data plane/refused]")
     assert f"data plane at {closed} not answering after" in verdicts["down"]
     assert "connection refused" in verdicts["down"]
-    assert lines[4] == "1/4 gateways synced"
+    assert verdicts["no-status"].startswith("FAIL no-status [status ready/refused]")
+    assert f"status API at {closed} not answering after" in verdicts["no-status"]
+    assert lines[5] == "1/5 gateways synced"
     assert "\x1b" not in done.stdout + done.stderr  # stderr is a pipe: no live display
     assert key not in done.stdout + done.stderr and wrong not in done.stdout + done.stderr
     assert canaries(etcd_single) == []
@@ -393,3 +399,37 @@ def test_bad_config_and_unknown_gateway_exit_2(
     assert done.returncode == 2
     assert "no gateway named gw-9" in done.stderr and "configured: gw-1" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_live_progress_only_on_a_terminal(
+    etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    key = "tty-" + secrets.token_hex(8)
+    keys = key_file(tmp_path, key)
+    stale = sims.start(etcd_single, "stale", key, faults={"stale"})
+    config = write_config(smoke_config(etcd_single, [gateway_entry(stale, keys)]))
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(smoke_cmd(config, "--timeout", "1"), stdout=subprocess.PIPE,
+                              stderr=follower, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                              cwd=REPO, env={**os.environ, "TERM": "xterm"})
+        os.close(follower)
+        follower = -1
+        drawn = b""
+        while select.select([leader], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        if follower >= 0:
+            os.close(follower)
+        os.close(leader)
+    assert done.returncode == 1
+    assert b"\x1b[2K" in drawn and b"stale:" in drawn and b"propagate" in drawn  # redrawn
+    assert "\x1b" not in done.stdout  # the report itself stays plain
+    assert done.stdout.startswith("FAIL stale [propagate/timeout]")
+    assert canaries(etcd_single) == []

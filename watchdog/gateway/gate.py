@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -32,7 +33,8 @@ def verdict(result: SmokeResult) -> str:
     if result.ok:
         return f"PASS {result.gateway}: {result.message}"
     tag = f"{result.phase}/{result.reason.value}" if result.reason else result.phase
-    return f"FAIL {result.gateway} [{tag}] after {result.elapsed:.1f}s: {result.message}"
+    cleaned = " (canary deleted)" if result.canary_deleted else ""
+    return f"FAIL {result.gateway} [{tag}] after {result.elapsed:.1f}s: {result.message}{cleaned}"
 
 
 async def _show_progress(progress: list[Progress], out: TextIO) -> None:
@@ -82,20 +84,7 @@ async def gate_all(
     progress = [Progress(gw.name) for gw in gateways]
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
-    session = make_session(connector=aiohttp.TCPConnector(force_close=True, limit=0),
-                           timeout=aiohttp.ClientTimeout(total=None))
-    http = None
-    newest = None
-    if read_only:
-        http, newest = await _newest_revision_fn(config)
-    tasks = [
-        asyncio.create_task(run_gate(
-            gw, session, timeout, poll_interval=config.smoke.poll_interval, read_only=read_only,
-            newest_config_revision=newest, progress=p,
-            call_timeout=min(gw.timeout or config.etcd.timeout, timeout),
-        ), name=f"smoke:{gw.name}")
-        for gw, p in zip(gateways, progress, strict=True)
-    ]
+    tasks: list[asyncio.Task[SmokeResult]] = []
 
     def stop() -> None:
         interrupted.set()
@@ -104,10 +93,26 @@ async def gate_all(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
-    display = asyncio.create_task(_show_progress(progress, progress_out)) if progress_out \
-        else None
+    session = make_session(connector=aiohttp.TCPConnector(force_close=True, limit=0),
+                           timeout=aiohttp.ClientTimeout(total=None))
+    http = None
+    newest = None
+    display = None
     try:
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if read_only:
+            http, newest = await _newest_revision_fn(config)
+        if not interrupted.is_set():  # else a signal came before any gate wrote anything
+            tasks += [
+                asyncio.create_task(run_gate(
+                    gw, session, timeout, poll_interval=config.smoke.poll_interval,
+                    read_only=read_only, newest_config_revision=newest, progress=p,
+                    call_timeout=min(gw.timeout or config.etcd.timeout, timeout),
+                ), name=f"smoke:{gw.name}")
+                for gw, p in zip(gateways, progress, strict=True)
+            ]
+            if progress_out is not None:
+                display = asyncio.create_task(_show_progress(progress, progress_out))
+            await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -119,9 +124,12 @@ async def gate_all(
             await http.close()
     results = []
     for p in progress:
-        result = p.result or SmokeResult(p.gateway, False, p.phase, "interrupted")
+        result = p.result or SmokeResult(p.gateway, False, p.phase, "interrupted",
+                                         read_only=read_only)
         if interrupted.is_set() and not result.ok and result.message == "interrupted":
-            result.message = f"interrupted by a signal during {result.phase}"
+            when = "before the gate started" if result.phase == "starting" \
+                else f"during {result.phase}"
+            result.message = f"interrupted by a signal {when}"
         results.append(result)
     return results, interrupted.is_set()
 
@@ -130,7 +138,8 @@ def run_smoke_command(
     config: Config, gateways: list[GatewayConfig], timeout: float, output: str, read_only: bool
 ) -> int:
     """Run the gate and print the report; returns the exit code (0 all synced, else 1)."""
-    live = sys.stderr if output == "text" and sys.stderr.isatty() else None
+    live = sys.stderr if output == "text" and sys.stderr.isatty() and \
+        os.environ.get("TERM") != "dumb" else None
     started = time.monotonic()
     results, interrupted = asyncio.run(gate_all(config, gateways, timeout, read_only, live))
     ok = all(r.ok for r in results) and not interrupted

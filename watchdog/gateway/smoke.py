@@ -12,27 +12,34 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from watchdog.config import GatewayConfig
 from watchdog.gateway.admin import AdminClient
-from watchdog.gateway.status import config_lag, read_ready, scrape_metrics
-from watchdog.httpprobe import timed_request
+from watchdog.gateway.status import GatewayMetrics, config_lag, read_ready, scrape_metrics
+from watchdog.httpprobe import _classify, timed_request
 from watchdog.results import ProbeResult, Reason
 
 log = logging.getLogger(__name__)
 
 CLEANUP_TIMEOUT = 5.0
+DIAGNOSE_TIMEOUT = 2.0
+WRITE_RETRY = 0.25
 CANARY_PREFIX = "/__watchdog"
+CANARY_ROUTE_PREFIX = "watchdog-canary-"
+# Answers after which the admin API certainly stored nothing: the canary needs no delete.
+REJECTED = frozenset({400, 401, 403, 404, 405})
+
+T = TypeVar("T")
 
 
 def canary(nonce: str) -> tuple[str, dict[str, Any], str, str]:
     """(route id, route body, canary path, expected Location) per the contract."""
-    route_id = f"watchdog-canary-{nonce}"
+    route_id = f"{CANARY_ROUTE_PREFIX}{nonce}"
     path = f"{CANARY_PREFIX}/canary/{nonce}"
     location = f"{CANARY_PREFIX}/ok/{nonce}"
     body = {"uri": path, "plugins": {"redirect": {"uri": location, "ret_code": 302}}}
@@ -41,7 +48,8 @@ def canary(nonce: str) -> tuple[str, dict[str, Any], str, str]:
 
 @dataclass
 class SmokeResult:
-    """The verdict for one gateway."""
+    """The verdict for one gateway. `served_at` is the Unix time the canary was first
+    served (for measuring what happens after); `elapsed` excludes the cleanup."""
 
     gateway: str
     ok: bool
@@ -54,6 +62,8 @@ class SmokeResult:
     canary_route: str | None = None
     canary_deleted: bool | None = None
     read_only: bool = False
+    served_at: float | None = None
+    config_lag: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -87,17 +97,50 @@ def _describe(result: ProbeResult) -> str:
     return f"{text} ({said})" if said else text
 
 
+def _never_sent(result: ProbeResult) -> bool:
+    """True when the request certainly never reached the server (so nothing was stored)."""
+    if result.status is not None:
+        return False
+    return result.reason is Reason.TLS or (
+        result.reason is Reason.REFUSED and result.detail in ("connection refused",
+                                                              "dns lookup failed"))
+
+
+def _stored_nothing(result: ProbeResult) -> bool:
+    """True when a failed admin write certainly left nothing behind."""
+    return _never_sent(result) or (result.status in REJECTED)
+
+
+def _left(deadline: float, call_timeout: float, floor: float = 0.05) -> float:
+    return max(floor, min(call_timeout, deadline - time.monotonic()))
+
+
 async def _poll(
-    what: Callable[[float], Any], until: float, interval: float, call_timeout: float
+    what: Callable[[float], Awaitable[ProbeResult]], until: float, interval: float,
+    call_timeout: float,
 ) -> ProbeResult:
     """Call `what` until it returns an ok ProbeResult or the deadline passes; the last
     result is returned either way."""
     while True:
-        left = until - time.monotonic()
-        result: ProbeResult = await what(max(0.05, min(call_timeout, left)))
+        result = await what(_left(until, call_timeout))
         if result.ok or time.monotonic() + interval >= until:
             return result
         await asyncio.sleep(interval)
+
+
+async def _to_the_end(aw: Awaitable[T]) -> tuple[T, bool]:
+    """Await `aw` to its end even if this task is cancelled meanwhile (again and again);
+    returns its value and whether a cancellation was swallowed, for the caller to re-raise.
+    Only for bounded work: every call inside has its own timeout."""
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(task), cancelled
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
 
 
 async def run_gate(
@@ -106,23 +149,26 @@ async def run_gate(
     timeout: float,
     poll_interval: float = 0.05,
     read_only: bool = False,
-    newest_config_revision: Callable[[], Any] | None = None,
+    newest_config_revision: Callable[[], Awaitable[int | None]] | None = None,
     progress: Progress | None = None,
     call_timeout: float = 5.0,
 ) -> SmokeResult:
-    """Run the gate for one gateway within `timeout` seconds."""
+    """Run the gate for one gateway within `timeout` seconds (the canary's deletion may
+    take up to CLEANUP_TIMEOUT more). When cancelled, the canary is still deleted, the
+    verdict ("interrupted") is left in `progress.result`, and CancelledError is re-raised."""
     progress = progress or Progress(gateway.name)
     started = time.monotonic()
     deadline = started + timeout
     admin = AdminClient(gateway, session)
     nonce = secrets.token_hex(6)
     route_id, route, path, location = canary(nonce)
-    written = False
+    put_task: asyncio.Task[ProbeResult] | None = None
     result = SmokeResult(gateway.name, False, "starting", "", read_only=read_only)
 
     def phase(name: str, detail: str = "") -> None:
         progress.phase, progress.detail = name, detail
         result.phase = name
+        log.debug("smoke gateway=%s phase=%s %s", gateway.name, name, detail)
 
     try:
         if gateway.data_url is not None:
@@ -135,20 +181,26 @@ async def run_gate(
             )
             if not answer.ok:
                 raise GateError("data plane", answer.reason or Reason.REFUSED,
-                                f"data plane at {gateway.data_url} not answering: "
-                                f"{_describe(answer)}")
+                                f"data plane at {gateway.data_url} not answering after "
+                                f"{time.monotonic() - started:.1f}s: {_describe(answer)}")
         if gateway.status_url is not None:
             phase("status ready", gateway.status_url)
             ready = await _poll(lambda t: read_ready(session, gateway.status_url or "", t),
                                 deadline, max(poll_interval, 0.2), call_timeout)
             if not ready.ok:
+                waited = time.monotonic() - started
+                text = (f"gateway not ready: {gateway.status_url}/status/ready still answers "
+                        f"{_describe(ready)} after {waited:.1f}s (its workers have not loaded "
+                        "the config from etcd)") if ready.status is not None else (
+                        f"status API at {gateway.status_url} not answering after {waited:.1f}s: "
+                        f"{_describe(ready)} (not enabled? it needs APISIX >= 3.13)")
                 raise GateError("status ready", ready.reason or Reason.HTTP,
-                                f"/status/ready still not ready after "
-                                f"{time.monotonic() - started:.0f}s: {_describe(ready)}")
+                                text + "; no canary written")
         if read_only:
-            await _judge_read_only(gateway, session, deadline, poll_interval, call_timeout,
-                                   newest_config_revision, phase)
-            result.ok, result.message = True, "ready and config lag 0 (read-only)"
+            result.message = await _judge_read_only(
+                gateway, session, deadline, poll_interval, call_timeout,
+                newest_config_revision, phase, result)
+            result.ok = True
             phase("done")
             return result
         if gateway.data_url is None:
@@ -156,28 +208,39 @@ async def run_gate(
                             "no data_url configured: the canary cannot be checked "
                             "(set data_url, or use --read-only)")
         phase("write", route_id)
-        written = True  # from here on, always try to delete: the PUT may land late
-        put = await admin.put_route(route_id, route, max(0.1, min(call_timeout,
-                                                                    deadline - time.monotonic())))
+        while True:
+            # Shielded: on a signal the write finishes first, so the delete cannot overtake it.
+            put_task = asyncio.ensure_future(
+                admin.put_route(route_id, route, _left(deadline, call_timeout, 0.1)))
+            put = await asyncio.shield(put_task)
+            if put.ok or not _never_sent(put) or \
+                    time.monotonic() + WRITE_RETRY >= deadline:
+                break
+            # The admin API is not up yet (nothing was sent): it may be starting too.
+            await asyncio.sleep(WRITE_RETRY)
         if not put.ok:
-            noun = "rejected the admin key" if put.reason is Reason.AUTH else "failed"
-            raise GateError("write", put.reason or Reason.HTTP,
-                            f"admin API {noun} writing the canary: {_describe(put)}")
+            if put.reason is Reason.AUTH:
+                text = (f"admin API rejected the admin key ({_describe(put)}): check "
+                        "admin_key_file / admin_key_env for this gateway")
+            elif _never_sent(put):
+                text = f"admin API at {gateway.admin_url} unreachable: {_describe(put)}"
+            else:
+                text = f"admin API failed writing the canary: {_describe(put)}"
+            raise GateError("write", put.reason or Reason.HTTP, text)
         result.admin_write_seconds = put.duration
         written_at = time.monotonic()
         phase("propagate", path)
-        last: Served | None = None
         while True:
-            left = deadline - time.monotonic()
             last = await fetch(session, f"{gateway.data_url}{path}",
-                               max(0.05, min(call_timeout, left)))
+                               _left(deadline, call_timeout))
             if last.status == 302 and last.location == location:
                 result.sync_seconds = time.monotonic() - written_at
+                result.served_at = time.time()
                 break
             if time.monotonic() + poll_interval >= deadline:
                 raise GateError("propagate", Reason.TIMEOUT,
-                                await _not_served(admin, last, time.monotonic() - written_at,
-                                                  call_timeout))
+                                await _not_served(admin, route_id, last,
+                                                  time.monotonic() - written_at, call_timeout))
             await asyncio.sleep(poll_interval)
         result.ok = True
         result.message = (f"canary served after {result.sync_seconds * 1000:.0f} ms "
@@ -190,12 +253,19 @@ async def run_gate(
         raise
     finally:
         result.elapsed = time.monotonic() - started
-        if written:
-            result.canary_route = route_id
-            result.canary_deleted = await _cleanup(admin, route_id)
-            if not result.canary_deleted:
-                result.message += f"; WARNING: canary route {route_id} could not be deleted"
+        # Published before the cleanup: a second signal must not lose the verdict.
         progress.result = result
+        if put_task is not None:
+            result.canary_route = route_id
+            deleted, cancelled = await _to_the_end(_cleanup(admin, route_id, put_task))
+            result.canary_deleted = deleted
+            if deleted is False:
+                result.message += (f"; WARNING: canary route {route_id} could not be deleted "
+                                   "(delete it by hand)")
+            if deleted is None:
+                result.canary_route = None  # the admin API stored nothing
+            if cancelled:  # a signal during the cleanup: the verdict stands, the task ends
+                raise asyncio.CancelledError
     return result
 
 
@@ -233,42 +303,67 @@ async def fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> Ser
     except TimeoutError:
         return Served(None, error=f"no answer within {timeout:.1f}s")
     except (aiohttp.ClientError, OSError) as exc:
-        return Served(None, error=f"{type(exc).__name__}")
+        return Served(None, error=_classify(exc)[1])
 
 
-async def _not_served(admin: AdminClient, last: Served | None, waited: float,
+def _seen(last: Served) -> str:
+    if last.status is None:
+        return last.error or "no answer"
+    if last.status == 302:
+        return f"302 to {last.location!r}, not the canary's Location"
+    if last.said.startswith(str(last.status)):
+        return last.said
+    return f"{last.status} {last.said}".strip()
+
+
+async def _not_served(admin: AdminClient, route_id: str, last: Served, waited: float,
                       call_timeout: float) -> str:
-    """Why the canary was not served, in words; checks the admin list for a shim."""
-    if last is None or last.status is None:
-        seen = last.error if last else "no answer"
-    elif last.status == 302:
-        seen = f"302 to {last.location!r}, not the canary's Location"
-    else:
-        seen = last.said if last.said.startswith(str(last.status)) else \
-            f"{last.status} {last.said}".strip()
-    message = f"canary written, data plane still answers {seen} after {waited:.1f}s"
-    listing = await admin.list_routes(min(call_timeout, 2.0))
+    """Why the canary was not served, in words. Asks the admin API (a shim lists nothing
+    of what it accepted) and the gateway's metrics (which revision it has loaded)."""
+    message = f"canary written, data plane still answers {_seen(last)} after {waited:.1f}s"
+    budget = min(call_timeout, DIAGNOSE_TIMEOUT)
+    metrics_url = admin.gateway.metrics_url
+
+    async def metrics() -> GatewayMetrics | None:
+        if metrics_url is None:
+            return None
+        return (await scrape_metrics(admin.session, metrics_url, budget))[1]
+
+    listing, stored, loaded = await asyncio.gather(
+        admin.list_routes(budget), admin.get_route(route_id, budget), metrics())
     body = listing.body if isinstance(listing.body, dict) else {}
     if listing.status == 404 and body.get("message") == "Key not found":
-        message += ("; the admin API lists no routes although it accepted the write: its "
-                    "store is not the etcd the data plane watches (an etcd-adapter shim?)")
-    return message
+        return message + ("; the admin API lists no routes although it accepted the write: "
+                          "its store is not the etcd the data plane watches (an etcd-adapter "
+                          "shim?)")
+    if loaded is None:
+        return message
+    if loaded.etcd_reachable == 0:
+        message += "; the gateway reports etcd unreachable (apisix_etcd_reachable 0)"
+    node = stored.body if stored.ok and isinstance(stored.body, dict) else {}
+    revision = node.get("modifiedIndex")
+    have = loaded.max_modify_index
+    if have is None or not isinstance(revision, int) or have >= revision:
+        return message
+    if have == 0:
+        return message + (f"; the gateway reports no config loaded (modify index 0) while the "
+                          f"canary is at revision {revision}: it is not applying etcd changes "
+                          "(workers that never loaded, or a stuck watch)")
+    return message + (f"; the gateway has loaded config up to revision {have:.0f} but the "
+                      f"canary is at revision {revision}: it stopped applying etcd changes "
+                      "(a stuck watch?)")
 
 
-async def _cleanup(admin: AdminClient, route_id: str) -> bool:
-    """Delete the canary, shielded from cancellation, bounded in time."""
-    task = asyncio.ensure_future(admin.delete_route(route_id, CLEANUP_TIMEOUT))
-    try:
-        deleted = await asyncio.shield(task)
-    except asyncio.CancelledError:
-        deleted = await task
-        if not deleted.ok:
-            log.warning("canary not deleted gateway=%s route=%s reason=%s",
-                        admin.gateway.name, route_id, deleted.reason)
-        raise
+async def _cleanup(admin: AdminClient, route_id: str,
+                   put_task: asyncio.Task[ProbeResult]) -> bool | None:
+    """Delete the canary once its write has finished; None when nothing was stored."""
+    put = await put_task  # bounded by its own timeout
+    if not put.ok and _stored_nothing(put):
+        return None
+    deleted = await admin.delete_route(route_id, CLEANUP_TIMEOUT)
     if not deleted.ok:
-        log.warning("canary not deleted gateway=%s route=%s reason=%s",
-                    admin.gateway.name, route_id, deleted.reason)
+        log.warning("canary not deleted gateway=%s route=%s reason=%s detail=%s",
+                    admin.gateway.name, route_id, deleted.reason, deleted.detail)
     return deleted.ok
 
 
@@ -278,31 +373,40 @@ async def _judge_read_only(
     deadline: float,
     poll_interval: float,
     call_timeout: float,
-    newest_config_revision: Callable[[], Any] | None,
+    newest_config_revision: Callable[[], Awaitable[int | None]] | None,
     phase: Callable[[str, str], None],
-) -> None:
-    """Read-only verdict: the status API says ready and the config lag reaches 0."""
+    result: SmokeResult,
+) -> str:
+    """Read-only verdict: the status API says ready and the config lag reaches 0.
+    Returns the success message; raises GateError otherwise."""
+    ready = "ready" if gateway.status_url is not None else ""
     if gateway.metrics_url is None or newest_config_revision is None:
-        if gateway.status_url is None:
+        if not ready:
             raise GateError("read-only", Reason.PROTOCOL,
                             "read-only needs status_url or metrics_url for this gateway")
-        return
+        return "/status/ready answers 200 (read-only; no metrics_url, config lag not checked)"
     phase("config lag", gateway.metrics_url)
-    lag: float | None = None
     while True:
-        left = deadline - time.monotonic()
         scraped, metrics = await scrape_metrics(session, gateway.metrics_url,
-                                                max(0.05, min(call_timeout, left)))
+                                                _left(deadline, call_timeout))
         newest = await newest_config_revision()
-        if metrics is not None:
-            lag = config_lag(newest, metrics.max_modify_index)
-            if lag == 0:
-                return
-        if time.monotonic() + poll_interval >= deadline:
+        loaded = metrics.max_modify_index if metrics is not None else None
+        result.config_lag = lag = config_lag(newest, loaded)
+        if lag == 0:
+            text = "config lag 0 revisions" + (", /status/ready answers 200" if ready else "")
+            return text + " (read-only)"
+        if time.monotonic() + max(poll_interval, 0.2) >= deadline:
             if metrics is None:
                 raise GateError("config lag", scraped.reason or Reason.HTTP,
-                                f"gateway metrics unreadable: {_describe(scraped)}")
+                                f"gateway metrics at {gateway.metrics_url} unreadable: "
+                                f"{_describe(scraped)}")
+            if newest is None:
+                raise GateError("config lag", Reason.REFUSED,
+                                "cannot read the newest config revision from etcd "
+                                "(etcd.endpoints unreachable?)")
             raise GateError("config lag", Reason.TIMEOUT,
-                            f"config lag still {lag:.0f} revisions at the deadline"
-                            if lag is not None else "config lag unknown at the deadline")
+                            f"config lag still {lag:.0f} revisions at the deadline: the "
+                            f"gateway has loaded config up to revision {loaded:.0f}, etcd "
+                            f"holds gateway config at revision {newest}: it stopped applying "
+                            "etcd changes (a stuck watch?)")
         await asyncio.sleep(max(poll_interval, 0.2))
