@@ -45,13 +45,15 @@ async def test_status_page_shows_peers_and_tripped_wire(
             "etcd": {"endpoints": [endpoint], "interval": "500ms", "timeout": "400ms"},
             "tripwire": {"warmup": "2s", "hold": "10s"},
         }))
-        for _ in range(100):
+        for _ in range(200):
             if sample(await asyncio.to_thread(proc.metrics),
                       "watchdog_etcd_watch_streams_steady_state") == 12:
                 break
             await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("no steady state of 12 streams learned")
         await surge.start(20)
-        for _ in range(100):
+        for _ in range(200):
             if sample(await asyncio.to_thread(proc.metrics), "watchdog_etcd_watch_tripwire") == 1:
                 break
             await asyncio.sleep(0.1)
