@@ -41,6 +41,10 @@ async def test_status_page_shows_peers_and_tripped_wire(
     steady, surge = Storm(endpoint), Storm(endpoint)
     try:
         await steady.start(12)
+        for _ in range(200):
+            if steady.created == 12:
+                break
+            await asyncio.sleep(0.05)
         proc = run_watchdog(write_config({
             "etcd": {"endpoints": [endpoint], "interval": "500ms", "timeout": "400ms"},
             "tripwire": {"warmup": "2s", "hold": "10s"},
