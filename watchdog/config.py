@@ -188,17 +188,20 @@ class GatewayConfig(Model):
     etcd_endpoint: Url | None = None
     interval: Duration | None = None
     timeout: Duration | None = None
-    _admin_key: SecretStr = PrivateAttr()
+    _admin_key: SecretStr | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _load(self) -> Self:
-        if (self.admin_key_file is None) == (self.admin_key_env is None):
-            raise ValueError("give exactly one of admin_key_file or admin_key_env")
-        self._admin_key = read_secret(self.admin_key_file, self.admin_key_env, "admin key")
+        if self.admin_key_file is not None and self.admin_key_env is not None:
+            raise ValueError("give only one of admin_key_file or admin_key_env")
+        if self.admin_key_file is not None or self.admin_key_env is not None:
+            self._admin_key = read_secret(self.admin_key_file, self.admin_key_env, "admin key")
         return self
 
     @property
-    def admin_key(self) -> SecretStr:
+    def admin_key(self) -> SecretStr | None:
+        """None when the admin API needs no key (admin_key_required: false), or for a
+        gateway that is only judged read-only."""
         return self._admin_key
 
     def expected_streams(self) -> int | None:
@@ -326,6 +329,8 @@ def load_config(path: Path | str) -> Config:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
     return config_from_dict(data, str(path))
 
 

@@ -133,3 +133,11 @@ def test_duplicate_gateway_names(tmp_path: Path) -> None:
     gw = {"name": "gw", "admin_url": "http://127.0.0.1:9180", "admin_key_env": "HOME"}
     data = {**MINIMAL, "gateways": [gw, gw]}
     assert "used twice" in problems(tmp_path, data)["(top level)"]
+
+
+def test_admin_key_is_optional_but_not_twice(tmp_path: Path) -> None:
+    bare = {"name": "gw", "admin_url": "http://127.0.0.1:9180"}
+    config = load_config(write(tmp_path, {**MINIMAL, "gateways": [bare]}))
+    assert config.gateways[0].admin_key is None
+    both = {**bare, "admin_key_env": "HOME", "admin_key_file": str(tmp_path / "k")}
+    assert "only one of" in problems(tmp_path, {**MINIMAL, "gateways": [both]})["gateways[0]"]

@@ -20,7 +20,8 @@ class AdminClient:
     def __init__(self, gateway: GatewayConfig, session: aiohttp.ClientSession) -> None:
         self.gateway = gateway
         self.session = session
-        self._headers = {"X-API-KEY": gateway.admin_key.get_secret_value()}
+        key = gateway.admin_key
+        self._headers = {"X-API-KEY": key.get_secret_value()} if key is not None else {}
 
     def _url(self, path: str) -> str:
         return f"{self.gateway.admin_url}{ADMIN_PREFIX}{path}"
