@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import http_get, wait_until
+from tests.helpers import GiveUp, http_get, wait_until
 from watchdog.lab.cluster import EtcdCluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ class WatchdogProcess:
 
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"watchdog exited {self.proc.returncode}: {self.log.read_text()}")
+            raise GiveUp(f"watchdog exited {self.proc.returncode}: {self.log.read_text()}")
         try:
             return http_get(self.url + "/healthz", timeout=1)[0] == 200
         except OSError:

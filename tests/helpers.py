@@ -12,6 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 T = TypeVar("T")
 
 
+class GiveUp(AssertionError):
+    """Raised by a wait_until predicate to stop waiting at once (e.g. the process died)."""
+
+
 def wait_until(
     predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.1, what: str = ""
 ) -> T:
@@ -21,6 +25,8 @@ def wait_until(
     while time.monotonic() < deadline:
         try:
             last = predicate()
+        except GiveUp:
+            raise
         except Exception as exc:
             last = exc  # type: ignore[assignment]
         if last and not isinstance(last, Exception):

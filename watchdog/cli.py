@@ -123,8 +123,14 @@ def check_config(file: Path) -> None:
               show_envvar=True,
               help="HOST:PORT for /metrics, /healthz, /readyz and the status page "
                    "(overrides web.listen_address; default 0.0.0.0:9817).")
+@click.option("--web.config.file", "web_config_file", default=None,
+              type=click.Path(path_type=Path), envvar="WATCHDOG_WEB_CONFIG_FILE",
+              show_envvar=True,
+              help="Web config file (Prometheus exporter-toolkit format) enabling TLS and/or "
+                   "basic auth on the web server; see docs/security.md.")
 @with_logging
-def run(config_file: Path, listen: str | None, log_level: str, log_format: str) -> None:
+def run(config_file: Path, listen: str | None, web_config_file: Path | None, log_level: str,
+        log_format: str) -> None:
     """Run the daemon until SIGTERM or SIGINT (then exit 0 after a clean shutdown).
 
     Polls every etcd peer every etcd.interval, probes gateways, learns steady states
@@ -141,8 +147,17 @@ def run(config_file: Path, listen: str | None, log_level: str, log_format: str) 
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--web.listen-address") from None
     address = listen or config.web.listen_address
+    web_config = None
+    if web_config_file is not None:
+        from watchdog.webconfig import load_web_config
+
+        try:
+            web_config = load_web_config(web_config_file)
+        except ConfigError as err:
+            click.echo(f"watchdog: invalid web config: {err}", err=True)
+            sys.exit(EXIT_CONFIG)
     try:
-        asyncio.run(serve(config, address))
+        asyncio.run(serve(config, address, web_config=web_config))
     except OSError as err:
         logging.getLogger("watchdog").error("cannot serve on %s: %s", address, err)
         sys.exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import signal
 import time
@@ -23,6 +24,7 @@ from watchdog.metrics import WatchdogMetrics, make_registry
 from watchdog.state import StateError, StateStore
 from watchdog.status import GatewayView, PeerView, Status
 from watchdog.tripwire import TripwireBank, TripwireSettings
+from watchdog.webconfig import WebServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +305,9 @@ class Daemon:
             view.probes[(result.api, result.op)] = result
             self.metrics.record_probe(view.name, result)
         streams = view.watch_streams
-        if poll.up and streams is not None:
+        # A NaN or negative sample on a peer's page is exported as it is but never learned
+        # from (the trip wire rejects it, and one bad page must not fail the whole poll).
+        if poll.up and streams is not None and math.isfinite(streams) and streams >= 0:
             view.wires["watch_streams"] = self.tripwire.observe(view.name, "watch_streams", streams)
         if poll.connections is not None:
             view.wires["client_connections"] = self.tripwire.observe(
@@ -313,8 +317,10 @@ class Daemon:
         view.history.append((self.clock(), streams, ws.steady if ws else None))
 
 
-async def serve(config: Config, listen: str, stop: asyncio.Event | None = None) -> None:
-    """Run the daemon and its web server until SIGTERM/SIGINT (or `stop` is set)."""
+async def serve(config: Config, listen: str, stop: asyncio.Event | None = None,
+                web_config: WebServerConfig | None = None) -> None:
+    """Run the daemon and its web server until SIGTERM/SIGINT (or `stop` is set); with a
+    web config, the server speaks TLS and/or asks for basic auth as it says."""
     from aiohttp import web
 
     from watchdog.web import make_app
@@ -327,12 +333,16 @@ async def serve(config: Config, listen: str, stop: asyncio.Event | None = None) 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     host, _, port = listen.rpartition(":")
-    runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False)
+    middlewares = web_config.middlewares() if web_config else []
+    runner = web.AppRunner(make_app(daemon, middlewares), access_log=None,
+                           handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host or "0.0.0.0", int(port))
+        ssl_context = web_config.ssl_context() if web_config else None
+        site = web.TCPSite(runner, host or "0.0.0.0", int(port), ssl_context=ssl_context)
         await site.start()
-        log.info("listening address=%s", listen)
+        log.info("listening address=%s %s", listen,
+                 web_config.describe() if web_config else "tls=off basic_auth_users=0")
         await daemon.start()
         await stop.wait()
         log.info("shutting down")

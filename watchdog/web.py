@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.openmetrics.exposition import (
     CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
@@ -25,8 +27,8 @@ if TYPE_CHECKING:
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 
 
-def make_app(daemon: Daemon) -> web.Application:
-    app = web.Application()
+def make_app(daemon: Daemon, middlewares: Iterable[Middleware] = ()) -> web.Application:
+    app = web.Application(middlewares=list(middlewares))
     app[DAEMON_KEY] = daemon
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)

@@ -51,7 +51,8 @@ _AUTH_MESSAGES = (
     "permission denied",
     "auth token is not found",
 )
-_TLS_MARKERS = ("ssl", "tls", "handshake", "certificate", "tsi_")
+# "verification check failed": gRPC's wording for a certificate whose name does not match.
+_TLS_MARKERS = ("ssl", "tls", "handshake", "certificate", "tsi_", "verification check failed")
 
 
 def classify_rpc_error(exc: grpc.RpcError, timeout: float) -> tuple[Reason, str]:
