@@ -17,6 +17,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from watchdog.etcd.client import b64, prefix_end
+
 
 class EtcdNotFoundError(RuntimeError):
     """No etcd binary could be found."""
@@ -382,20 +384,5 @@ class EtcdCluster:
         self.request("/v3/auth/enable", {})
 
 
-def b64(text: str | bytes) -> str:
-    raw = text.encode() if isinstance(text, str) else text
-    return base64.b64encode(raw).decode()
-
-
 def unb64(text: str) -> str:
     return base64.b64decode(text).decode(errors="replace")
-
-
-def prefix_end(prefix: str) -> bytes:
-    """etcd's range_end for a prefix: the key with its last byte incremented."""
-    raw = bytearray(prefix.encode())
-    for i in range(len(raw) - 1, -1, -1):
-        if raw[i] < 0xFF:
-            raw[i] += 1
-            return bytes(raw[: i + 1])
-    return b"\0"
