@@ -217,22 +217,43 @@ class Daemon:
     # -- the etcd job --------------------------------------------------------
 
     async def poll_etcd(self) -> None:
-        """Discover members, then poll every peer concurrently, each within its deadline."""
+        """Poll every known peer concurrently, each within its deadline, while the member
+        list is read beside them (a change applies from the next cycle), so a stalled
+        JSON gateway costs one timeout per cycle, not two."""
         assert self.http is not None
-        targets, error = await discover(self.config.etcd, self.http, self.targets)
-        self.status.discovery_error = error
-        if error:
+        discovery = None
+        if not self.targets:
+            self._apply_discovery(*await discover(self.config.etcd, self.http, self.targets))
+        elif self._needs_discovery():
+            discovery = asyncio.create_task(discover(self.config.etcd, self.http, self.targets))
+        try:
+            sockets = await asyncio.to_thread(snapshot_connections)
+            polls = await asyncio.gather(*(
+                poll_peer(t, self.config.etcd, self.http, self.grpc, sockets,
+                          self.config.etcd.connections_top_n)
+                for t in self.targets
+            ))
+            expected = self._expected_streams(polls)
+            for poll in polls:
+                self._record_poll(poll, expected.get(poll.target.name))
+            if discovery is not None:
+                self._apply_discovery(*await discovery)
+        finally:
+            if discovery is not None and not discovery.done():
+                discovery.cancel()
+
+    def _needs_discovery(self) -> bool:
+        """Members are followed with discovery on; without it the list only names the
+        configured endpoints, so it is read until every endpoint has a member name."""
+        if self.config.etcd.discover_members:
+            return True
+        return any(t.name == t.url for t in self.targets)
+
+    def _apply_discovery(self, targets: list[PeerTarget], error: str) -> None:
+        if error and error != self.status.discovery_error:
             log.warning("member discovery failed: %s", error)
+        self.status.discovery_error = error
         self._apply_targets(targets)
-        sockets = await asyncio.to_thread(snapshot_connections)
-        polls = await asyncio.gather(*(
-            poll_peer(t, self.config.etcd, self.http, self.grpc, sockets,
-                      self.config.etcd.connections_top_n)
-            for t in self.targets
-        ))
-        expected = self._expected_streams(polls)
-        for poll in polls:
-            self._record_poll(poll, expected.get(poll.target.name))
 
     def _apply_targets(self, targets: list[PeerTarget]) -> None:
         new = {t.name for t in targets}
