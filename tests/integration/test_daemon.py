@@ -148,3 +148,22 @@ def test_hung_member_times_out_without_stalling_the_others(
     finally:
         cluster.resume_member(1)
     wait_until(lambda: peer_up(proc).get(hung) == 1.0, timeout=10, what="resumed member up")
+
+
+def test_members_joining_and_leaving_are_followed(
+    make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
+    run_watchdog: Callable[..., WatchdogProcess],
+) -> None:
+    cluster = make_cluster(size=2, name_prefix="churn")
+    proc = run_watchdog(write_config(etcd_config(cluster)))
+    proc.wait_ready()
+    wait_until(lambda: set(peer_up(proc)) == {"churn-0", "churn-1"}, timeout=10, what="2 peers")
+    joined = cluster.add_member()
+    wait_until(lambda: peer_up(proc).get(joined.name) == 1.0, timeout=10,
+               what="the joined member watched")
+    cluster.remove_member(1)
+    wait_until(lambda: set(peer_up(proc)) == {"churn-0", joined.name}, timeout=10,
+               what="the removed member gone from /metrics")
+    text = proc.metrics()
+    assert not all_samples(text, "watchdog_etcd_probe_failures_total", peer="churn-1")
+    assert "peer left peer=churn-1" in proc.output()

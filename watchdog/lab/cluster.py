@@ -298,6 +298,67 @@ class EtcdCluster:
         log.close()
         self.wait_member_healthy(index, timeout=timeout)
 
+    # -- membership --------------------------------------------------------
+
+    def member_ids(self) -> dict[str, str]:
+        """Member name -> id (decimal string, as the JSON gateway gives it)."""
+        answer = self.request("/v3/cluster/member/list", {}, member=self._alive_index())
+        members = answer.get("members") or []
+        assert isinstance(members, list)
+        return {str(m.get("name", "")): str(m["ID"]) for m in members}
+
+    def _alive_index(self) -> int:
+        for i, member in enumerate(self.members):
+            if member.proc is not None and member.proc.poll() is None and not member.stopped:
+                return i
+        raise RuntimeError("no running member")
+
+    def add_member(self, timeout: float = 30.0) -> Member:
+        """Join a new member to the running cluster (member add, then start it)."""
+        scheme = self.members[0].scheme
+        member = Member(
+            name=f"{self.name_prefix}-{len(self.members)}", client_port=free_port(),
+            peer_port=free_port(), data_dir=self.workdir / f"{self.name_prefix}-{len(self.members)}.data",  # type: ignore[operator]
+            scheme=scheme,
+        )
+        self._reconfigure("/v3/cluster/member/add", {"peerURLs": [member.peer_url]})
+        self.members.append(member)
+        self.size = len(self.members)
+        index = len(self.members) - 1
+        cmd = self._command(member)
+        cmd[cmd.index("--initial-cluster-state") + 1] = "existing"
+        log = open(self.workdir / f"{member.name}.log", "ab")  # type: ignore[operator]
+        member.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.wait_member_healthy(index, timeout=timeout)
+        return member
+
+    def remove_member(self, index: int) -> None:
+        """Remove a member from the cluster (member remove), then stop its process."""
+        member = self.members[index]
+        member_id = self.member_ids()[member.name]
+        self._reconfigure("/v3/cluster/member/remove", {"ID": member_id}, avoid=index)
+        self._terminate(member)
+
+    def _reconfigure(self, path: str, body: dict[str, object], avoid: int = -1,
+                     timeout: float = 20.0) -> None:
+        """A membership change; etcd answers 503 until its members have been connected for
+        a few seconds (its health interval), so retry until then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = next(i for i, m in enumerate(self.members) if i != avoid and
+                         m.proc is not None and m.proc.poll() is None and not m.stopped)
+            try:
+                self.request(path, body, member=alive, token=self.token(alive))
+                return
+            except urllib.error.HTTPError as err:
+                if err.code != 503 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
+
     # -- client helpers (used by the lab, the tests and the benchmarks) ---
 
     def ssl_context(self) -> ssl.SSLContext | None:
