@@ -129,6 +129,10 @@ def b64(data: str | bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
+def unb64(text: str) -> str:
+    return base64.b64decode(text).decode(errors="replace")
+
+
 def prefix_end(prefix: str | bytes) -> bytes:
     """etcd's range_end for a prefix: the prefix with its last byte below 0xff raised."""
     raw = bytearray(prefix.encode() if isinstance(prefix, str) else prefix)

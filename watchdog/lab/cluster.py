@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from watchdog.etcd.client import b64, prefix_end
+from watchdog.etcd.client import b64, prefix_end, unb64
 
 
 class EtcdNotFoundError(RuntimeError):
@@ -443,7 +442,3 @@ class EtcdCluster:
         self.request("/v3/auth/user/add", {"name": "root", "password": self.root_password})
         self.request("/v3/auth/user/grant", {"user": "root", "role": "root"})
         self.request("/v3/auth/enable", {})
-
-
-def unb64(text: str) -> str:
-    return base64.b64decode(text).decode(errors="replace")

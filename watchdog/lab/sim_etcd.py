@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import ssl
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from watchdog.etcd.client import b64, prefix_end, unb64
 
 log = logging.getLogger("watchdog.lab.gateway_sim")
 
@@ -26,23 +27,7 @@ class _Unreachable(EtcdError):
     """The endpoint did not answer (connect error or timeout)."""
 
 
-def b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.b64encode(raw).decode()
-
-
-def unb64(text: str) -> str:
-    return base64.b64decode(text).decode(errors="replace")
-
-
-def range_end(prefix: str) -> bytes:
-    """etcd's range_end for a prefix: the key with its last byte incremented."""
-    raw = bytearray(prefix.encode())
-    for i in range(len(raw) - 1, -1, -1):
-        if raw[i] < 0xFF:
-            raw[i] += 1
-            return bytes(raw[: i + 1])
-    return b"\0"
+range_end = prefix_end
 
 
 @dataclass(frozen=True)
