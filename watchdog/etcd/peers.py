@@ -89,18 +89,39 @@ async def discover(
     return [by_url.get(url, PeerTarget(name=url, url=url)) for url in config.endpoints], ""
 
 
+# How long discovery waits for the first endpoint before asking all the others too.
+DISCOVERY_HEDGE = 0.25
+
+
 async def _first_member_list(config: EtcdConfig, http: EtcdHttp) -> tuple[list[Member] | None, str]:
-    """Ask every configured endpoint at once; the first answer wins. A hung endpoint costs
-    at most one timeout, never one per endpoint."""
-    tasks = [asyncio.ensure_future(http.member_list(url, timeout=config.timeout))
-             for url in config.endpoints]
+    """Ask the first configured endpoint; when it fails, or has not answered within
+    DISCOVERY_HEDGE (a quarter of the timeout at most), ask every other endpoint at once. The
+    first answer wins. One request per cycle while the first endpoint is healthy (not one per
+    endpoint), and a hung endpoint still costs at most one timeout, never one per endpoint."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.timeout
+    hedge = min(DISCOVERY_HEDGE, config.timeout / 4)
+    rest = list(config.endpoints[1:])
+    tasks = [asyncio.ensure_future(http.member_list(config.endpoints[0],
+                                                    timeout=config.timeout))]
+    pending = set(tasks)
     errors: list[str] = []
     try:
-        for done in asyncio.as_completed(tasks):
-            try:
-                return await done, ""
-            except EtcdCallError as exc:
-                errors.append(f"{exc.result.reason}: {exc.result.detail}")
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=hedge if rest else None,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                try:
+                    return task.result(), ""
+                except EtcdCallError as exc:
+                    errors.append(f"{exc.result.reason}: {exc.result.detail}")
+            if rest:
+                left = max(deadline - loop.time(), 0.0)
+                more = [asyncio.ensure_future(http.member_list(url, timeout=left))
+                        for url in rest]
+                tasks += more
+                pending.update(more)
+                rest = []
     finally:
         for task in tasks:
             task.cancel()
@@ -119,8 +140,20 @@ async def poll_peer(
     """Scrape the peer's /metrics and probe it through both APIs, all at once."""
     started = time.monotonic()
     timeout = config.timeout
+
+    async def scrape_page() -> tuple[PeerMetrics | None, Reason | None]:
+        # Parsed as soon as it arrives, so the page (~150 KB) is not held while the probes
+        # finish: with hundreds of peers polled at once that is tens of MB of peak RSS.
+        scrape, page = await http.metrics_page(target.url, timeout=timeout,
+                                               max_bytes=config.max_metrics_bytes)
+        if scrape.ok and page is not None:
+            try:
+                return parse_peer_metrics(page), None
+            except MetricsParseError:
+                return None, Reason.PROTOCOL
+        return None, scrape.reason
+
     calls = [
-        http.metrics_page(target.url, timeout=timeout, max_bytes=config.max_metrics_bytes),
         http.range_count(target.url, config.probe_key, timeout=timeout),
         http.status(target.url, timeout=timeout),
     ]
@@ -129,17 +162,8 @@ async def poll_peer(
             grpc.range_count(target.url, config.probe_key, timeout=timeout),
             grpc.status(target.url, timeout=timeout),
         ]
-    page_result, *probe_results = await asyncio.gather(*calls)
-    scrape, page = page_result
+    (metrics, reason), *probe_results = await asyncio.gather(scrape_page(), *calls)
     probes: list[ProbeResult] = list(probe_results)
-
-    metrics: PeerMetrics | None = None
-    reason = scrape.reason
-    if scrape.ok and page is not None:
-        try:
-            metrics = parse_peer_metrics(page)
-        except MetricsParseError:
-            reason = Reason.PROTOCOL
     up = metrics is not None
 
     poll = PeerPoll(

@@ -1,0 +1,79 @@
+"""The real `watchdog run`, with timing hooks, for the fleet benchmark.
+
+    python bench/fleet_agent.py RECORDS.jsonl -- run --config FILE --web.listen-address ADDR
+
+Runs watchdog's own CLI in this process after wrapping three functions, without changing what
+they do; each call appends one JSON line to RECORDS.jsonl:
+
+- `Daemon.poll_etcd` (the etcd job): start (CLOCK_MONOTONIC, comparable across processes)
+  and wall seconds of each cycle;
+- `snapshot_connections` (in the daemon's worker thread): wall and thread CPU seconds, and
+  the number of sockets in the snapshot;
+- `generate_latest` as `/metrics` calls it: wall and thread CPU seconds, bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import watchdog.daemon as daemon_module  # noqa: E402
+import watchdog.web as web_module  # noqa: E402
+from watchdog.cli import main as cli_main  # noqa: E402
+
+
+def install(records: Path) -> None:
+    out = records.open("a", buffering=1)
+
+    def emit(**fields: object) -> None:
+        out.write(json.dumps(fields) + "\n")
+
+    original_poll = daemon_module.Daemon.poll_etcd
+
+    async def poll_etcd(self: daemon_module.Daemon) -> None:
+        start = time.monotonic()
+        try:
+            await original_poll(self)
+        finally:
+            emit(kind="cycle", start=start, wall=time.monotonic() - start,
+                 peers=len(self.targets),
+                 up=sum(1 for p in self.status.peers.values() if p.up))
+
+    daemon_module.Daemon.poll_etcd = poll_etcd  # type: ignore[method-assign]
+
+    original_snapshot = daemon_module.snapshot_connections
+
+    def snapshot():  # type: ignore[no-untyped-def]
+        w0, c0 = time.perf_counter(), time.thread_time()
+        table = original_snapshot()
+        emit(kind="snapshot", wall=time.perf_counter() - w0, cpu=time.thread_time() - c0,
+             established=sum(len(v) for v in table.established.values()),
+             listening=len(table.listening))
+        return table
+
+    daemon_module.snapshot_connections = snapshot
+
+    original_render = web_module.generate_latest
+
+    def generate_latest(registry):  # type: ignore[no-untyped-def]
+        w0, c0 = time.perf_counter(), time.thread_time()
+        body = original_render(registry)
+        emit(kind="render", wall=time.perf_counter() - w0, cpu=time.thread_time() - c0,
+             bytes=len(body), lines=body.count(b"\n"))
+        return body
+
+    web_module.generate_latest = generate_latest
+
+
+if __name__ == "__main__":
+    records = Path(sys.argv[1])
+    argv = sys.argv[2:]
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    install(records)
+    cli_main(args=argv, prog_name="watchdog")
