@@ -164,6 +164,7 @@ class EtcdConfig(Model):
     grpc_probes: bool = True
     max_metrics_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     connections_top_n: int = Field(default=10, ge=1, le=100)
+    max_concurrent_polls: int = Field(default=16, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _times(self) -> Self:

@@ -155,7 +155,8 @@ class Daemon:
     def jobs(self) -> list[Job]:
         etcd = self.config.etcd
         jobs = [
-            Job("etcd", etcd.interval, etcd.timeout * 2 + 1.0, self.poll_etcd),
+            # Polls are bounded one by one; the job as a whole gets an interval of slack.
+            Job("etcd", etcd.interval, etcd.interval + etcd.timeout * 2, self.poll_etcd),
             Job("state", STATE_SAVE_INTERVAL, 10.0, self._save_state_async, jitter=0.0),
         ]
         if self.config.gateways:
@@ -227,15 +228,22 @@ class Daemon:
         elif self._needs_discovery():
             discovery = asyncio.create_task(discover(self.config.etcd, self.http, self.targets))
         try:
-            sockets = await asyncio.to_thread(snapshot_connections)
-            polls = await asyncio.gather(*(
-                poll_peer(t, self.config.etcd, self.http, self.grpc, sockets,
-                          self.config.etcd.connections_top_n)
-                for t in self.targets
-            ))
-            expected = self._expected_streams(polls)
-            for poll in polls:
-                self._record_poll(poll, expected.get(poll.target.name))
+            sockets = await asyncio.to_thread(snapshot_connections, True)
+            # A bounded number of peers at a time: a thousand polls started at once would
+            # queue on the event loop, and that wait would show as JSON-probe latency.
+            slots = asyncio.Semaphore(self.config.etcd.max_concurrent_polls)
+
+            async def poll_one(target: PeerTarget) -> PeerPoll:
+                async with slots:
+                    poll = await poll_peer(target, self.config.etcd, self.http, self.grpc,
+                                           sockets, self.config.etcd.connections_top_n)
+                self._record_poll(poll)
+                return poll
+
+            polls = await asyncio.gather(*(poll_one(t) for t in self.targets))
+            for name, streams in self._expected_streams(polls).items():
+                if name in self.status.peers:
+                    self.status.peers[name].expected_streams = streams
             if discovery is not None:
                 self._apply_discovery(*await discovery)
         finally:
@@ -270,7 +278,7 @@ class Daemon:
                     name=target.name, endpoint=target.url, tls=target.tls,
                     member_id=target.member_id,
                 )
-                self.metrics.add_peer(target.name)
+                self.metrics.add_peer(target.name, grpc=self.config.etcd.grpc_probes)
             else:
                 view.endpoint, view.tls = target.url, target.tls
         self.targets = targets
@@ -300,7 +308,7 @@ class Daemon:
                 expected.setdefault(p.target.name, 0.0)
         return expected
 
-    def _record_poll(self, poll: PeerPoll, expected: float | None) -> None:
+    def _record_poll(self, poll: PeerPoll) -> None:
         view = self.status.peers.get(poll.target.name)
         if view is None:
             return
@@ -313,7 +321,6 @@ class Daemon:
         view.last_poll, view.poll_duration = self.clock(), poll.duration
         view.metrics = poll.metrics if poll.up else None
         view.connections = poll.connections
-        view.expected_streams = expected
         view.member_id = poll.member_id or view.member_id
         view.version = poll.version or view.version
         view.is_leader = poll.is_leader if poll.up else None

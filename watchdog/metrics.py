@@ -103,12 +103,14 @@ class WatchdogMetrics:
         for outcome in ("success", "timeout", "error"):
             self.job_runs.labels(job, outcome)
 
-    def add_peer(self, peer: str) -> None:
+    def add_peer(self, peer: str, grpc: bool = True) -> None:
         """Create the peer's series at zero so rate() and alerts see them from the start."""
         if peer in self._peer_labels:
             return
         made: list[tuple[object, tuple[str, ...]]] = []
         for api, op in ETCD_PROBES:
+            if api == "grpc" and not grpc:
+                continue
             self.probe_duration.labels(peer, api, op)
             made.append((self.probe_duration, (peer, api, op)))
             for reason in Reason:

@@ -134,3 +134,25 @@ def test_normalize_ip() -> None:
     assert normalize_ip("::1") == "::1"
     assert normalize_ip("fe80::1%eth0") == "fe80::1"
     assert normalize_ip("not-an-ip") == "not-an-ip"
+
+
+def test_own_connections_can_be_left_out() -> None:
+    """The agent's own probe connections are not clients of the peer."""
+    import socket
+
+    from watchdog.etcd.sockets import count_connections, snapshot_connections
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        accepted = [server.accept()[0] for _ in range(3)]
+        try:
+            everyone = count_connections(snapshot_connections(), port)
+            others = count_connections(snapshot_connections(exclude_own=True), port)
+        finally:
+            for s in clients + accepted:
+                s.close()
+    assert everyone is not None and everyone.total == 3
+    assert others is not None and others.total == 0 and others.listening

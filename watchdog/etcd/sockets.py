@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import socket
 import struct
 import sys
@@ -54,12 +55,16 @@ class SocketTable:
 
     listening: dict[int, frozenset[str]]  # port -> local IPs listening on it
     established: dict[int, tuple[_Conn, ...]]  # local port -> ESTABLISHED sockets
+    # (ip, port) of this process's own client sockets: the agent's own probes are not
+    # clients of the peer worth counting.
+    own_endpoints: frozenset[tuple[str, int]] = frozenset()
 
     @classmethod
-    def from_connections(cls, conns: Iterable[Any]) -> SocketTable:
-        """Build from psutil sconn tuples (or anything with laddr, raddr, status)."""
+    def from_connections(cls, conns: Iterable[Any], own_pid: int | None = None) -> SocketTable:
+        """Build from psutil sconn tuples (or anything with laddr, raddr, status, pid)."""
         listening: dict[int, set[str]] = {}
         established: dict[int, list[_Conn]] = {}
+        own: set[tuple[str, int]] = set()
         for conn in conns:
             laddr, raddr = conn.laddr, conn.raddr
             if not laddr:
@@ -70,9 +75,12 @@ class SocketTable:
                 established.setdefault(laddr[1], []).append(
                     _Conn(normalize_ip(laddr[0]), laddr[1], normalize_ip(raddr[0]), raddr[1])
                 )
+                if own_pid is not None and getattr(conn, "pid", None) == own_pid:
+                    own.add((normalize_ip(laddr[0]), laddr[1]))
         return cls(
             {port: frozenset(ips) for port, ips in listening.items()},
             {port: tuple(items) for port, items in established.items()},
+            frozenset(own),
         )
 
 
@@ -88,15 +96,29 @@ def normalize_ip(ip: str) -> str:
     return str(addr)
 
 
-def snapshot_connections() -> SocketTable:
+def snapshot_connections(exclude_own: bool = False) -> SocketTable:
     """The host's TCP sockets now (one netlink dump, or one psutil call; reuse it for every
-    peer)."""
+    peer). With exclude_own, connections this process opened are left out of the counts."""
     if sys.platform.startswith("linux"):
         try:
-            return _netlink_table()
+            return _netlink_table(_own_socket_inodes() if exclude_own else frozenset())
         except (OSError, ValueError, struct.error):
             pass  # no sock_diag here (old kernel, seccomp, module missing): use psutil
-    return SocketTable.from_connections(psutil.net_connections(kind="tcp"))
+    return SocketTable.from_connections(psutil.net_connections(kind="tcp"),
+                                        os.getpid() if exclude_own else None)
+
+
+def _own_socket_inodes() -> frozenset[int]:
+    """Inodes of this process's sockets, from /proc/self/fd."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return frozenset(inodes)
 
 
 # -- netlink sock_diag (linux/inet_diag.h) ---------------------------------------------------
@@ -109,6 +131,9 @@ _TCP_ESTABLISHED, _TCP_LISTEN = 1, 10
 _NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _DIAG_REQ = struct.Struct("=BBBxI48x")  # inet_diag_req_v2: family, protocol, ext, states, id
 _PORTS = struct.Struct(">HH")
+_INODE = struct.Struct("=I")
+# inet_diag_msg: family, state, timer, retrans (4), id (48), expires, rqueue, wqueue, uid (16)
+_INODE_OFFSET = 4 + 48 + 16
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
@@ -122,14 +147,14 @@ def _ip_text(family: int, raw: bytes) -> str:
     return str(ipaddress.IPv6Address(raw))
 
 
-def _netlink_dump(family: int) -> list[tuple[int, str, int, str, int]]:
-    """(state, local ip, local port, remote ip, remote port) of every LISTEN or ESTABLISHED
-    TCP socket of one address family, as the kernel reports them."""
+def _netlink_dump(family: int) -> list[tuple[int, str, int, str, int, int]]:
+    """(state, local ip, local port, remote ip, remote port, inode) of every LISTEN or
+    ESTABLISHED TCP socket of one address family, as the kernel reports them."""
     states = (1 << _TCP_ESTABLISHED) | (1 << _TCP_LISTEN)
     request = _DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, states)
     header = _NLMSG_HDR.pack(_NLMSG_HDR.size + len(request), _SOCK_DIAG_BY_FAMILY,
                              _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
-    rows: list[tuple[int, str, int, str, int]] = []
+    rows: list[tuple[int, str, int, str, int, int]] = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as sock:
         sock.settimeout(5.0)
         sock.sendall(header + request)
@@ -151,25 +176,30 @@ def _netlink_dump(family: int) -> list[tuple[int, str, int, str, int]]:
                     msg = offset + _NLMSG_HDR.size  # inet_diag_msg
                     fam, state = data[msg], data[msg + 1]
                     lport, rport = _PORTS.unpack_from(data, msg + 4)
+                    inode = _INODE.unpack_from(data, msg + _INODE_OFFSET)[0]
                     rows.append((state, _ip_text(fam, data[msg + 8:msg + 24]), lport,
-                                 _ip_text(fam, data[msg + 24:msg + 40]), rport))
+                                 _ip_text(fam, data[msg + 24:msg + 40]), rport, inode))
                 offset += (length + 3) & ~3
 
 
-def _netlink_table() -> SocketTable:
+def _netlink_table(own_inodes: frozenset[int] = frozenset()) -> SocketTable:
     listening: dict[int, set[str]] = {}
     established: dict[int, list[_Conn]] = {}
+    own: set[tuple[str, int]] = set()
     for family in (socket.AF_INET, socket.AF_INET6):
-        for state, lip, lport, rip, rport in _netlink_dump(family):
+        for state, lip, lport, rip, rport, inode in _netlink_dump(family):
             if not lport:
                 continue
             if state == _TCP_LISTEN:
                 listening.setdefault(lport, set()).add(lip)
             elif rport:
                 established.setdefault(lport, []).append(_Conn(lip, lport, rip, rport))
+                if inode in own_inodes:
+                    own.add((lip, lport))
     return SocketTable(
         {port: frozenset(ips) for port, ips in listening.items()},
         {port: tuple(items) for port, items in established.items()},
+        frozenset(own),
     )
 
 
@@ -206,7 +236,7 @@ def count_connections(
     for conn in table.established.get(listen_port, ()):
         if wanted is not None and conn.local_ip not in wanted:
             continue
-        if conn.remote_port in excluded:
+        if conn.remote_port in excluded or (conn.remote_ip, conn.remote_port) in table.own_endpoints:
             continue
         counts[conn.remote_ip] += 1
     return ConnectionCount(sum(counts.values()), bucket_remotes(counts, top_n), True)
