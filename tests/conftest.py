@@ -17,9 +17,9 @@ from tests.helpers import GiveUp, http_get, wait_until
 from watchdog.lab.cluster import EtcdCluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO.parent / "shared" / "fixtures"
-if not FIXTURES.exists():  # a checkout without ../shared falls back to the copy in tests/
-    FIXTURES = REPO / "tests" / "fixtures"
+# Real responses captured from real etcd and APISIX servers (copied from the project's
+# shared reference material, with their source notes), so a clone tests on its own.
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
