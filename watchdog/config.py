@@ -312,27 +312,29 @@ def config_from_dict(data: object, source: str = "config") -> Config:
         raise ConfigError(f"{source}: {len(details)} {noun}", details) from None
 
 
-def load_config(path: Path | str) -> Config:
-    """Read and validate a YAML config file."""
+def read_yaml(path: Path | str, what: str = "config file") -> object:
+    """Parse a YAML file; every way it can fail is a one-line ConfigError."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        where = ""
         mark = getattr(err, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
     except RecursionError:  # PyYAML's composer recurses once per nesting level
         raise ConfigError(f"{path}: YAML nested too deeply") from None
-    return config_from_dict(data, str(path))
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a YAML config file."""
+    return config_from_dict(read_yaml(path), str(path))
 
 
 def describe(config: Config) -> list[str]:

@@ -45,11 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from watchdog.config import ConfigError, _location
+from watchdog.config import ConfigError, _location, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -230,21 +229,7 @@ class WebServerConfig:
 def load_web_config(path: Path | str) -> WebServerConfig:
     """Read and validate a web-config file; raises ConfigError naming each bad key."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"cannot read web config file {path}: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"web config file {path} is not UTF-8 text") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: YAML syntax error{where}: "
-                          f"{getattr(err, 'problem', None) or 'invalid YAML'}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: YAML nested too deeply") from None
+    data = read_yaml(path, "web config file")
     return web_config_from_dict(data, path)
 
 
