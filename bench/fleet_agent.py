@@ -48,9 +48,9 @@ def install(records: Path) -> None:
 
     original_snapshot = daemon_module.snapshot_connections
 
-    def snapshot():  # type: ignore[no-untyped-def]
+    def snapshot(*args, **kwargs):  # type: ignore[no-untyped-def]
         w0, c0 = time.perf_counter(), time.thread_time()
-        table = original_snapshot()
+        table = original_snapshot(*args, **kwargs)
         emit(kind="snapshot", wall=time.perf_counter() - w0, cpu=time.thread_time() - c0,
              established=sum(len(v) for v in table.established.values()),
              listening=len(table.listening))

@@ -509,39 +509,29 @@ CHANGES = """## Code changes made for these numbers
   of holding it until the JSON and gRPC probes finish (lower peak RSS with many peers).
 
 {ab}
-## Findings outside the files the benchmark owner may change
+## Findings, and what became of them
 
-- **Exported JSON-probe latency in a big fleet is mostly waiting for the agent's own event
-  loop.** All of a cycle's requests start at once on one asyncio loop, and each call's clock
-  starts when it is created, so at 200 peers the JSON-gateway probes report hundreds of
-  milliseconds (section 3, "JSON probe latency as exported") from a replay server that answers
-  in well under a millisecond. gRPC probes run in their own threads and do not pay this, so in
-  a large fleet "JSON far slower than gRPC" (the 250-stream signal) would show on every peer.
-  Bounding the peers polled at once in `Daemon.poll_etcd`, with each call's clock started
-  when it is sent, would keep the latencies honest (a hung peer then holds one slot for one
-  timeout, so the bound and the job deadline have to be chosen together).
-- `watchdog/etcd/client.py` builds its `TCPConnector` with aiohttp's default `limit=100`, so
-  with more than ~33 peers requests queue for a connection and aiohttp shuffles its whole
-  waiter list on every release (O(peers) per request: about 1 s of CPU per cycle at 1,000
-  peers in a profile). A trial with `limit=0` on a copy of the tree
-  (`bench/results/trial-client-limit0.json`): 200 + 200 ran at 17.5-17.9 % CPU and a 0.56-0.58 s
-  cycle, but with 122-124 MiB RSS (every page in flight at once); 1,000 + 1,000 had all peers
-  up but used 97-99 % of a core and 367-376 MiB. The exported latency did not improve (the
-  event loop, above). So it is a trade-off, not a plain fix; a bound on concurrent peer polls
-  addresses all three.
-- `watchdog smoke` prints its verdict a few milliseconds after the canary is served, then
-  spends 50-140 ms in interpreter teardown before the process exits (section 5). In a trial
-  copy, flushing stdout/stderr and calling `os._exit(code)` after the report brought the exit
-  to 3.5-5 ms after the verdict.
-- `/metrics` rendering is ~160 lines per peer, 68 of them the four probe-latency histograms
-  (the two gRPC ones are created at zero even with `grpc_probes: false`, with 24 more failure
-  counters); prometheus_client's `generate_latest` costs ~12-14 µs per line: half a second per
-  scrape at 200 peers, about two at 1,000. These pre-created series are also most of the
-  agent's objects (about 95 metric values with a lock each per peer), which makes garbage
-  collection a growing share of a cycle (about 0.4-0.6 s per cycle at 1,000 peers).
-- The /metrics fetch opens a new connection per call (blackbox-style). For the page itself a
-  kept-alive connection would save the cost shown in section 1; the probes could keep their
-  own connection-per-call to still measure connect time.
+- **Exported JSON-probe latency in a big fleet was mostly waiting for the agent's own event
+  loop** when every peer was polled at once (hundreds of milliseconds at 200 peers from a
+  replay server answering in well under one). Fixed in `Daemon.poll_etcd`: peers are polled
+  in waves of `etcd.max_concurrent_polls` (default 16), so a call's clock measures the call;
+  each poll keeps its own deadline and the job gets an interval of slack. The section 3 rows
+  above are measured with this.
+- aiohttp's default connector limit of 100 made requests queue with more than ~33 peers in
+  flight; with waves of 16 peers (3 HTTP calls each) it is no longer reached.
+- `watchdog smoke` spent 50-140 ms in interpreter teardown after its verdict. Fixed: it flushes
+  its output and exits at once (section 5 measures the process exit).
+- `/metrics` is ~160 lines per peer; prometheus_client's `generate_latest` costs ~12-14 µs per
+  line (half a second per scrape at 200 peers, about two at 1,000). gRPC series are no longer
+  created when `grpc_probes: false`. Rendering stays on the event loop (the collectors read
+  state the loop mutates); a cached render per poll cycle is the next step if fleets of
+  1,000 peers matter.
+- **Not changed, on purpose**: the /metrics page is fetched on a new connection per poll,
+  like the probes. On a kept-alive connection the fetch would cost 0.91 x a Prometheus scrape
+  (section 1) and meet that target, but a certificate that expired or no longer matches, or
+  a listener that stopped accepting, would then hide behind the old connection and the peer
+  would stay "up" while no new client (no APISIX worker) can connect; the fault tests
+  (`tests/integration/test_faults.py`) hold watchdog to reporting those as `tls` at once.
 """
 
 

@@ -79,7 +79,7 @@ async def metrics_only(daemon: Daemon) -> None:
     poll = PeerPoll(target=target, up=metrics is not None, reason=None if metrics else
                     scrape.reason, duration=time.monotonic() - started, metrics=metrics,
                     member_id=target.member_id)
-    daemon._record_poll(poll, None)
+    daemon._record_poll(poll)
 
 
 async def full_poll(daemon: Daemon) -> None:
@@ -88,7 +88,7 @@ async def full_poll(daemon: Daemon) -> None:
     poll = await poll_peer(target, daemon.config.etcd, daemon.http, daemon.grpc, None,
                            daemon.config.etcd.connections_top_n)
     assert poll.up, poll.reason
-    daemon._record_poll(poll, None)
+    daemon._record_poll(poll)
 
 
 async def paced(fn: Callable[[], Awaitable[None]], seconds: float, rate: float) -> tuple[int, float]:
