@@ -183,9 +183,9 @@ def section_poll(sec: dict[str, Any]) -> str:
                     f"that connect time is measured and a dead listener cannot hide behind a "
                     f"pooled connection) costs {f(saved, 2)} ms of it; on a kept-alive "
                     f"connection the same work is {f(k['ratio'], 2)} x a scrape. Prometheus "
-                    f"keeps its scrape connections alive. The fetch (aiohttp, `client.py`, "
-                    f"`httpprobe.py`), the parse (`promtext.py`) and the record (`daemon.py`, "
-                    f"`tripwire.py`) are outside the files this benchmark may change.")
+                    f"keeps its scrape connections alive. watchdog keeps the fresh connection on "
+                    f"purpose: a broken certificate or listener must show as the peer down "
+                    f"(see the findings at the end).")
     reading += (" The default poll also makes four probes (two through the JSON gateway, two "
                 "over gRPC) that a scrape does not make; they are what blackbox_exporter would "
                 "do (section 2 has its cost per probe). The whole 1-peer cycle adds the member "
