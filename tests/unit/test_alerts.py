@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.helpers import require_tool
+from tests.promql import documented_metrics, metric_names, selector_labels
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -54,29 +55,6 @@ TARGET_LABELS = {"job", "instance"}
 
 
 @functools.cache
-def documented_metrics() -> dict[str, set[str]]:
-    """Metric name -> label names, from the tables of docs/metrics.md.
-
-    Histograms also yield their _bucket (with `le`), _sum and _count series.
-    """
-    metrics: dict[str, set[str]] = {}
-    for line in METRICS_DOC.read_text().splitlines():
-        if not line.startswith("| `"):
-            continue
-        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
-        names = re.findall(r"`([a-z_][a-z0-9_]*)`", cells[0])
-        kind = cells[1]
-        labels = {m.group(1) for m in re.finditer(r"(?:^|,)\s*([a-z_]+)", cells[2])}
-        for name in names:
-            metrics[name] = set(labels)
-            if kind.startswith("histogram"):
-                metrics[name + "_bucket"] = labels | {"le"}
-                metrics[name + "_sum"] = set(labels)
-                metrics[name + "_count"] = set(labels)
-    return metrics
-
-
-@functools.cache
 def load_rules(path: Path) -> list[dict[str, Any]]:
     return [rule for group in yaml.load(path.read_text(), _Loader)["groups"] for rule in group["rules"]]
 
@@ -95,36 +73,6 @@ def runbook_anchors() -> set[str]:
             text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
             anchors.add(text.replace(" ", "-"))
     return anchors
-
-
-_STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
-_KEYWORDS = {
-    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-    "group_left", "group_right", "inf", "nan",
-}  # fmt: skip
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression selects (functions, keywords and labels removed)."""
-    s = _STRING.sub('""', expr)
-    s = re.sub(r"\{[^}]*\}", " ", s)
-    s = re.sub(r"\[[^\]]*\]", " ", s)
-    s = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
-    names = set()
-    for m in re.finditer(r"(?<![\w:.])([a-zA-Z_:][\w:]*)(\s*\()?", s):
-        if m.group(2) or m.group(1) in _KEYWORDS:
-            continue
-        names.add(m.group(1))
-    return names
-
-
-def selector_labels(expr: str) -> list[tuple[str, set[str]]]:
-    """(metric, label names) for every `metric{...}` selector in an expression."""
-    found = []
-    for m in re.finditer(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}", expr):
-        labels = set(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", _STRING.sub('""', m.group(2))))
-        found.append((m.group(1), labels))
-    return found
 
 
 def template_queries(text: str) -> list[str]:

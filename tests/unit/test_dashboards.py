@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from tests.helpers import require_tool
+from tests.promql import _STRING, documented_metrics, metric_names, selector_labels
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"
@@ -63,52 +64,7 @@ def target_may_be_empty(expr: str) -> bool:
     return bool(metric_names(expr) & {m + s for m in MAY_BE_EMPTY for s in ("", "_bucket")})
 
 
-# --- helpers (same parsing as test_alerts.py) -----------------------------------------------
-
-
-@functools.cache
-def documented_metrics() -> dict[str, frozenset[str]]:
-    """Metric name -> label names from docs/metrics.md; histograms add _bucket/_sum/_count."""
-    metrics: dict[str, frozenset[str]] = {}
-    for line in METRICS_DOC.read_text().splitlines():
-        if not line.startswith("| `"):
-            continue
-        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
-        labels = frozenset(m.group(1) for m in re.finditer(r"(?:^|,)\s*([a-z_]+)", cells[2]))
-        for name in re.findall(r"`([a-z_][a-z0-9_]*)`", cells[0]):
-            metrics[name] = labels
-            if cells[1].startswith("histogram"):
-                metrics[name + "_bucket"] = labels | {"le"}
-                metrics[name + "_sum"] = labels
-                metrics[name + "_count"] = labels
-    return metrics
-
-
-_STRING = re.compile(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`')
-_KEYWORDS = {
-    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-    "group_left", "group_right", "inf", "nan",
-}  # fmt: skip
-
-
-def metric_names(expr: str) -> set[str]:
-    s = _STRING.sub('""', expr)
-    s = re.sub(r"\{[^}]*\}", " ", s)
-    s = re.sub(r"\[[^\]]*\]", " ", s)
-    s = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
-    return {
-        m.group(1)
-        for m in re.finditer(r"(?<![\w:.$])([a-zA-Z_:][\w:]*)(\s*\()?", s)
-        if not m.group(2) and m.group(1) not in _KEYWORDS
-    }
-
-
-def selector_labels(expr: str) -> list[tuple[str, set[str]]]:
-    found = []
-    for m in re.finditer(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}", expr):
-        labels = set(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", _STRING.sub('""', m.group(2))))
-        found.append((m.group(1), labels))
-    return found
+# --- helpers ---------------------------------------------------------------------------------
 
 
 def balanced(expr: str) -> bool:
