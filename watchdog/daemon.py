@@ -103,14 +103,7 @@ class Daemon:
         self.config = config
         self.clock = clock
         self.status = Status(started=clock())
-        if registry is None:
-            self.registry, self.metrics = make_registry(self.status)
-        else:
-            from watchdog.metrics import StatusCollector
-
-            self.registry = registry
-            self.metrics = WatchdogMetrics(registry)
-            registry.register(StatusCollector(self.status))
+        self.registry, self.metrics = make_registry(self.status, registry)
         tw = config.tripwire
         self.tripwire = TripwireBank(
             TripwireSettings(

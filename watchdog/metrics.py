@@ -368,11 +368,15 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
-def make_registry(status: Status) -> tuple[CollectorRegistry, WatchdogMetrics]:
-    """A fresh registry holding watchdog's metrics and the status collector."""
+def make_registry(
+    status: Status, registry: CollectorRegistry | None = None
+) -> tuple[CollectorRegistry, WatchdogMetrics]:
+    """watchdog's metrics and the status collector on `registry` (by default a fresh one
+    that also carries the process metrics)."""
     disable_created_metrics()  # *_created series only add noise for a scrape target
-    registry = CollectorRegistry(auto_describe=False)
-    ProcessCollector(registry=registry)
+    if registry is None:
+        registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=registry)
     metrics = WatchdogMetrics(registry)
     registry.register(StatusCollector(status))
     return registry, metrics

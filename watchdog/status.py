@@ -80,8 +80,3 @@ class Status:
         return all(p.polled for p in self.peers.values()) and all(
             g.polled for g in self.gateways.values()
         )
-
-    def etcd_revision(self) -> int | None:
-        """The newest etcd revision any peer's read probe reported."""
-        revisions = [p.revision for p in self.peers.values() if p.revision is not None]
-        return max(revisions) if revisions else None

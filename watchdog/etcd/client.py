@@ -31,7 +31,8 @@ DEFAULT_METRICS_MAX_BYTES = 4 << 20
 _CODE_INVALID_ARGUMENT = 3
 _CODE_PERMISSION_DENIED = 7
 _CODE_UNAUTHENTICATED = 16
-_AUTH_MESSAGES = (
+# etcd's wording for rejected credentials, the same through the gateway and gRPC.
+AUTH_MESSAGES = (
     "authentication failed",
     "user name is empty",
     "user name not found",
@@ -175,7 +176,7 @@ def _refine(result: ProbeResult) -> ProbeResult:
     lowered = message.lower()
     reason = result.reason
     if code in (_CODE_UNAUTHENTICATED, _CODE_PERMISSION_DENIED) or (
-        code == _CODE_INVALID_ARGUMENT and any(m in lowered for m in _AUTH_MESSAGES)
+        code == _CODE_INVALID_ARGUMENT and any(m in lowered for m in AUTH_MESSAGES)
     ):
         reason = Reason.AUTH
     return dataclasses.replace(

@@ -30,7 +30,7 @@ import etcd3
 import grpc
 from etcd3 import etcdrpc
 
-from watchdog.etcd.client import EtcdStatus, RangeCount, prefix_end
+from watchdog.etcd.client import AUTH_MESSAGES, EtcdStatus, RangeCount, prefix_end
 from watchdog.results import ProbeResult, Reason
 
 DEFAULT_MAX_IN_FLIGHT = 2
@@ -43,14 +43,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.enable_http_proxy", 0),
 ]
-_AUTH_MESSAGES = (
-    "authentication failed",
-    "user name is empty",
-    "user name not found",
-    "invalid auth token",
-    "permission denied",
-    "auth token is not found",
-)
 # "verification check failed": gRPC's wording for a certificate whose name does not match.
 _TLS_MARKERS = ("ssl", "tls", "handshake", "certificate", "tsi_", "verification check failed")
 
@@ -65,7 +57,7 @@ def classify_rpc_error(exc: grpc.RpcError, timeout: float) -> tuple[Reason, str]
         return Reason.TIMEOUT, f"timeout after {timeout:g}s (DEADLINE_EXCEEDED)"
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return Reason.AUTH, name
-    if any(m in low for m in _AUTH_MESSAGES):
+    if any(m in low for m in AUTH_MESSAGES):
         return Reason.AUTH, f"{name}: authentication failed"
     if code is grpc.StatusCode.UNAVAILABLE and "etcdserver:" not in low:
         if any(m in low for m in _TLS_MARKERS):
