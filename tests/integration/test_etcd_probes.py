@@ -206,6 +206,24 @@ async def test_token_refresh(auth_cluster: EtcdCluster, make_http, make_grpc) ->
     assert after.ok, after
 
 
+async def test_expired_token_met_by_two_grpc_calls_at_once(
+    auth_cluster: EtcdCluster, make_grpc
+) -> None:
+    # The daemon sends range and status to a peer together. When both meet an expired
+    # token, renewing it must not close the channel under the other call (that once
+    # surfaced as a PROTOCOL failure about one poll in seven).
+    url = auth_cluster.endpoints[0]
+    grpc = make_grpc(username="root", password=SECRET)
+    assert (await grpc.status(url, timeout=2)).ok
+    for _ in range(4):
+        await asyncio.sleep(2.2)  # past the 1 s TTL, checked each second
+        results = await asyncio.gather(*(
+            call for _ in range(3)
+            for call in (grpc.range_count(url, PROBE_KEY, timeout=2), grpc.status(url, timeout=2))
+        ))
+        assert all(r.ok for r in results), [r for r in results if not r.ok]
+
+
 # -- faults --------------------------------------------------------------------------
 
 

@@ -397,8 +397,9 @@ def test_auth_token_expiry_is_renewed_silently(
         "auth": {"username": "root", "password_file": str(password)}}}))
     proc.wait_ready()
     # Tokens live 1 s and polls come every 2 s: each poll finds its token expired.
-    wait_until(lambda: proc.output().count("etcd token rejected") >= 2, timeout=12,
-               what="expired tokens renewed twice")
+    wait_until(lambda: proc.output().count("etcd token rejected, authenticating") >= 2
+               and "etcd token rejected over gRPC" in proc.output(), timeout=12,
+               what="expired tokens renewed twice on the JSON gateway and once over gRPC")
     text = assert_serving(proc)
     assert sample(text, "watchdog_etcd_peer_up") == 1.0
     assert total(text, "watchdog_etcd_probe_failures_total") == 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -29,9 +30,12 @@ from urllib.parse import urlsplit
 import etcd3
 import grpc
 from etcd3 import etcdrpc
+from etcd3.client import EtcdTokenCallCredentials
 
 from watchdog.etcd.client import AUTH_MESSAGES, EtcdStatus, RangeCount, prefix_end
 from watchdog.results import ProbeResult, Reason
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_IN_FLIGHT = 2
 # How long past its deadline the awaiting side waits for a worker to report back.
@@ -177,11 +181,26 @@ class GrpcProber:
         finally:
             peer.lock.release()
 
-    def _drop_client(self, peer: _Peer, client: etcd3.MultiEndpointEtcd3Client) -> None:
-        with peer.lock:
-            if peer.client is client:
-                peer.client = None
-        client.close()
+    def _renew_token(
+        self, peer: _Peer, client: etcd3.MultiEndpointEtcd3Client, rejected: object, timeout: float
+    ) -> None:
+        """Give client a fresh token unless another worker already did. Worker thread.
+
+        The channel is kept: closing it would cancel the other worker's call in flight,
+        which was the cause of a spurious failure when both calls met an expired token.
+        """
+        if not peer.lock.acquire(timeout=max(timeout, 0.0)):
+            raise TimeoutError
+        try:
+            if client.metadata is not rejected:
+                return
+            request = etcdrpc.AuthenticateRequest(name=self.username, password=self._password)
+            resp = client.authstub.Authenticate(request, max(timeout, 0.001))
+            client.metadata = (("token", resp.token),)
+            client.call_credentials = grpc.metadata_call_credentials(
+                EtcdTokenCallCredentials(resp.token))
+        finally:
+            peer.lock.release()
 
     def _work(
         self,
@@ -197,22 +216,30 @@ class GrpcProber:
         renewed = False
         while True:
             started = time.monotonic()
+            client: etcd3.MultiEndpointEtcd3Client | None = None
+            used: object = None
             try:
                 client = self._client(peer, deadline - started)
                 started = time.monotonic()
+                used = client.metadata
                 revision, body = rpc(client, max(deadline - started, 0.001))
                 return _Outcome(True, time.monotonic() - started, revision=revision, body=body)
             except TimeoutError:
                 return _Outcome(False, time.monotonic() - started, Reason.TIMEOUT,
                                 f"timeout after {timeout:g}s waiting for the client")
             except grpc.RpcError as exc:
-                stale = peer.client
                 token_rejected = exc.code() is grpc.StatusCode.UNAUTHENTICATED
-                if token_rejected and stale is not None:
-                    self._drop_client(peer, stale)  # next client authenticates afresh
-                    if self.username is not None and not renewed:
-                        renewed = True
+                if token_rejected and client is not None and self.username is not None and not renewed:
+                    renewed = True
+                    log.info("etcd token rejected over gRPC, authenticating again")
+                    try:
+                        self._renew_token(peer, client, used, deadline - time.monotonic())
                         continue
+                    except TimeoutError:
+                        return _Outcome(False, time.monotonic() - started, Reason.TIMEOUT,
+                                        f"timeout after {timeout:g}s renewing the token")
+                    except grpc.RpcError as renew_exc:
+                        exc = renew_exc
                 reason, detail = classify_rpc_error(exc, timeout)
                 return _Outcome(False, time.monotonic() - started, reason, detail)
 
