@@ -230,8 +230,44 @@ def sample_sum(text: str, name: str, contains: str = "") -> float:
     return sum(v for labels, v in scalar_samples(text, name) if contains in labels)
 
 
+class _ServerProcess:
+    """What Prometheus and Blackbox share: a child process, its temporary directory, its CPU."""
+
+    children: Children
+    port: int
+    proc: subprocess.Popen[Any] | None
+    workdir: Path | None
+
+    def _prepare(self, prefix: str, config_name: str, config: str) -> Path:
+        """A new temporary directory holding the config file; its path."""
+        self.workdir = Path(tempfile.mkdtemp(prefix=prefix))
+        (self.workdir / config_name).write_text(config)
+        return self.workdir / config_name
+
+    def _spawn(self, argv: list[str], ready_path: str) -> None:
+        """Start argv on a free loopback port, logging to the workdir, and wait for ready_path."""
+        assert self.workdir is not None
+        self.port = free_port()
+        log = open(self.workdir / "log", "wb")
+        self.proc = self.children.start([
+            *argv, f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+        ], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_http(f"http://127.0.0.1:{self.port}{ready_path}", proc=self.proc)
+
+    def cpu(self) -> float:
+        assert self.proc is not None
+        return proc_cpu(self.proc.pid)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.children.stop(self.proc)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 @dataclass
-class Prometheus:
+class Prometheus(_ServerProcess):
     """A real Prometheus with a given scrape config, its TSDB in a temporary directory."""
 
     children: Children
@@ -242,17 +278,9 @@ class Prometheus:
     workdir: Path | None = None
 
     def start(self) -> Prometheus:
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"wdbench-{self.name}-"))
-        (self.workdir / "prometheus.yml").write_text(self.config)
-        self.port = free_port()
-        log = open(self.workdir / "log", "wb")
-        self.proc = self.children.start([
-            PROMETHEUS, f"--config.file={self.workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
-        ], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        wait_http(f"{self.url}/-/ready", proc=self.proc)
+        config = self._prepare(f"wdbench-{self.name}-", "prometheus.yml", self.config)
+        self._spawn([PROMETHEUS, f"--config.file={config}",
+                     f"--storage.tsdb.path={config.parent / 'data'}"], "/-/ready")
         return self
 
     @property
@@ -262,19 +290,9 @@ class Prometheus:
     def metrics(self) -> str:
         return http_get(f"{self.url}/metrics").decode()
 
-    def cpu(self) -> float:
-        assert self.proc is not None
-        return proc_cpu(self.proc.pid)
-
-    def close(self) -> None:
-        if self.proc is not None:
-            self.children.stop(self.proc)
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
 
 @dataclass
-class Blackbox:
+class Blackbox(_ServerProcess):
     """A real blackbox_exporter with the given modules file."""
 
     children: Children
@@ -284,16 +302,8 @@ class Blackbox:
     workdir: Path | None = None
 
     def start(self) -> Blackbox:
-        self.workdir = Path(tempfile.mkdtemp(prefix="wdbench-blackbox-"))
-        (self.workdir / "blackbox.yml").write_text(self.modules)
-        self.port = free_port()
-        log = open(self.workdir / "log", "wb")
-        self.proc = self.children.start([
-            BLACKBOX, f"--config.file={self.workdir / 'blackbox.yml'}",
-            f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
-        ], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        wait_http(f"http://127.0.0.1:{self.port}/metrics", proc=self.proc)
+        config = self._prepare("wdbench-blackbox-", "blackbox.yml", self.modules)
+        self._spawn([BLACKBOX, f"--config.file={config}"], "/metrics")
         return self
 
     def probe_url(self, target: str, module: str) -> str:
@@ -301,16 +311,6 @@ class Blackbox:
 
         return f"http://127.0.0.1:{self.port}/probe?" + urlencode(
             {"target": target, "module": module})
-
-    def cpu(self) -> float:
-        assert self.proc is not None
-        return proc_cpu(self.proc.pid)
-
-    def close(self) -> None:
-        if self.proc is not None:
-            self.children.stop(self.proc)
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def start_sim(children: Children, etcd_url: str, name: str, *extra: str,
