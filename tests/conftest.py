@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,29 @@ REPO = Path(__file__).resolve().parent.parent
 # Real responses captured from real etcd and APISIX servers (copied from the project's
 # shared reference material, with their source notes), so a clone tests on its own.
 FIXTURES = REPO / "tests" / "fixtures"
+
+
+@contextmanager
+def gateway_sim_process(workdir: Path, *args: str, env: dict[str, str] | None = None
+                        ) -> Iterator[dict[str, Any]]:
+    """A gateway simulator subprocess (`python -m watchdog.lab.gateway_sim *args`), its
+    stderr in workdir/sim.log; yields the ready file's contents and stops it at the end."""
+    ready = workdir / "sim-ready.json"
+    with open(workdir / "sim.log", "wb") as log:
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "watchdog.lab.gateway_sim", *args, "--ready-file", str(ready)],
+            stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, cwd=REPO,
+            env={**os.environ, **(env or {})})
+    try:
+        wait_until(ready.exists, timeout=20, what="gateway simulator ready")
+        yield json.loads(ready.read_text())
+    finally:
+        sim.terminate()
+        try:
+            sim.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait(timeout=5)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from tests.conftest import REPO, WatchdogProcess
+from tests.conftest import REPO, WatchdogProcess, gateway_sim_process
 from tests.helpers import all_samples, sample, wait_until
 from watchdog.lab.cluster import EtcdCluster, free_port
 
@@ -621,23 +621,11 @@ def stale_gateway(make_cluster: Callable[..., EtcdCluster], tmp_path: Path
     """A simulated gateway that accepts admin writes but never applies them (stale)."""
     cluster = make_cluster(size=1, name_prefix="stale")
     key = secret_file(tmp_path / "admin-key", "stale-gateway-admin-key")
-    ready = tmp_path / "sim-ready.json"
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "watchdog.lab.gateway_sim", "--etcd", cluster.endpoints[0],
-         "--name", "gw-stale", "--admin-key", "stale-gateway-admin-key", "--workers", "1",
-         "--fault", "stale", "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sim.log", "wb"),
-        stdin=subprocess.DEVNULL, cwd=REPO)
-    try:
-        wait_until(ready.exists, timeout=20, what="gateway simulator ready")
-        yield cluster, json.loads(ready.read_text()), key
-    finally:
-        sim.terminate()
-        try:
-            sim.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait(timeout=5)
+    with gateway_sim_process(
+        tmp_path, "--etcd", cluster.endpoints[0], "--name", "gw-stale",
+        "--admin-key", "stale-gateway-admin-key", "--workers", "1", "--fault", "stale",
+    ) as info:
+        yield cluster, info, key
 
 
 def canaries(cluster: EtcdCluster) -> list[str]:

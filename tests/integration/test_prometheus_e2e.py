@@ -82,7 +82,7 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
                                 "static_configs": [{"targets": [target]}]}],
         }))
         port = free_port()
-        log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open(tmp_path / "prometheus.log", "wb")  # closed with the process
         procs.append(subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],

@@ -4,7 +4,6 @@ whether the credentials work or are rejected."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import subprocess
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, WatchdogProcess
+from tests.conftest import REPO, WatchdogProcess, gateway_sim_process
 from tests.helpers import sample, wait_until
 from watchdog.lab.cluster import EtcdCluster
 
@@ -54,24 +53,12 @@ def auth_lab(make_cluster: Callable[..., EtcdCluster], tmp_path: Path
     """etcd with auth on (root's password is ETCD_PASSWORD) and one simulated gateway whose
     admin key is ADMIN_KEY."""
     cluster = make_cluster(size=1, auth=True, root_password=ETCD_PASSWORD, name_prefix="sec")
-    ready = tmp_path / "sim-ready.json"
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "watchdog.lab.gateway_sim", "--etcd", cluster.endpoints[0],
-         "--etcd-user", "root", "--name", "gw-secret", "--admin-key", ADMIN_KEY,
-         "--workers", "1", "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sim.log", "wb"),
-        stdin=subprocess.DEVNULL, cwd=REPO,
-        env={**os.environ, "WATCHDOG_SIM_ETCD_PASSWORD": ETCD_PASSWORD})
-    try:
-        wait_until(ready.exists, timeout=20, what="gateway simulator ready")
-        yield cluster, json.loads(ready.read_text())
-    finally:
-        sim.terminate()
-        try:
-            sim.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait(timeout=5)
+    with gateway_sim_process(
+        tmp_path, "--etcd", cluster.endpoints[0], "--etcd-user", "root", "--name", "gw-secret",
+        "--admin-key", ADMIN_KEY, "--workers", "1",
+        env={"WATCHDOG_SIM_ETCD_PASSWORD": ETCD_PASSWORD},
+    ) as info:
+        yield cluster, info
 
 
 def test_secrets_never_logged_exported_or_reported(
