@@ -22,7 +22,8 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +31,6 @@ from urllib.parse import urlsplit
 import etcd3
 import grpc
 from etcd3 import etcdrpc
-from etcd3.client import EtcdTokenCallCredentials
 
 from watchdog.etcd.client import AUTH_MESSAGES, EtcdStatus, RangeCount, prefix_end
 from watchdog.results import ProbeResult, Reason
@@ -84,6 +84,16 @@ class _Peer:
     executor: concurrent.futures.ThreadPoolExecutor
     lock: threading.Lock = field(default_factory=threading.Lock)
     client: etcd3.MultiEndpointEtcd3Client | None = None
+
+    @contextmanager
+    def locked(self, timeout: float) -> Iterator[None]:
+        """Hold the lock; TimeoutError if it is not free within timeout."""
+        if not self.lock.acquire(timeout=max(timeout, 0.0)):
+            raise TimeoutError
+        try:
+            yield
+        finally:
+            self.lock.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,9 +170,7 @@ class GrpcProber:
 
     def _client(self, peer: _Peer, timeout: float) -> etcd3.MultiEndpointEtcd3Client:
         """The peer's client, created (and authenticated) within timeout. Worker thread."""
-        if not peer.lock.acquire(timeout=max(timeout, 0.0)):
-            raise TimeoutError
-        try:
+        with peer.locked(timeout):
             if peer.client is None:
                 endpoint = etcd3.Endpoint(
                     peer.host, peer.port, secure=peer.secure,
@@ -178,8 +186,6 @@ class GrpcProber:
                     endpoint.close()
                     raise
             return peer.client
-        finally:
-            peer.lock.release()
 
     def _renew_token(
         self, peer: _Peer, client: etcd3.MultiEndpointEtcd3Client, rejected: object, timeout: float
@@ -189,18 +195,13 @@ class GrpcProber:
         The channel is kept: closing it would cancel the other worker's call in flight,
         which was the cause of a spurious failure when both calls met an expired token.
         """
-        if not peer.lock.acquire(timeout=max(timeout, 0.0)):
-            raise TimeoutError
-        try:
+        with peer.locked(timeout):
             if client.metadata is not rejected:
                 return
             request = etcdrpc.AuthenticateRequest(name=self.username, password=self._password)
             resp = client.authstub.Authenticate(request, max(timeout, 0.001))
+            # Our calls send only metadata, so etcd3's call_credentials is left as it was.
             client.metadata = (("token", resp.token),)
-            client.call_credentials = grpc.metadata_call_credentials(
-                EtcdTokenCallCredentials(resp.token))
-        finally:
-            peer.lock.release()
 
     def _work(
         self,
