@@ -5,7 +5,7 @@
 Runs watchdog's own CLI in this process after wrapping three functions, without changing what
 they do; each call appends one JSON line to RECORDS.jsonl:
 
-- `Daemon.poll_etcd` (the etcd job): start (CLOCK_MONOTONIC, comparable across processes)
+- `EtcdJob.run` (the etcd job): start (CLOCK_MONOTONIC, comparable across processes)
   and wall seconds of each cycle;
 - `snapshot_connections` (in the daemon's worker thread): wall and thread CPU seconds, and
   the number of sockets in the snapshot;
@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import watchdog.daemon as daemon_module  # noqa: E402
+import watchdog.etcd.job as job_module  # noqa: E402
 import watchdog.web as web_module  # noqa: E402
 from watchdog.cli import main as cli_main  # noqa: E402
 
@@ -33,20 +33,22 @@ def install(records: Path) -> None:
     def emit(**fields: object) -> None:
         out.write(json.dumps(fields) + "\n")
 
-    original_poll = daemon_module.Daemon.poll_etcd
+    original_run = job_module.EtcdJob.run
 
-    async def poll_etcd(self: daemon_module.Daemon) -> None:
+    async def run(self: job_module.EtcdJob) -> job_module.EtcdCycle:
         start = time.monotonic()
+        cycle = None
         try:
-            await original_poll(self)
+            cycle = await original_run(self)
+            return cycle
         finally:
+            polls = cycle.polls if cycle is not None else ()
             emit(kind="cycle", start=start, wall=time.monotonic() - start,
-                 peers=len(self.targets),
-                 up=sum(1 for p in self.status.peers.values() if p.up))
+                 peers=len(polls), up=sum(1 for p in polls if p.up))
 
-    daemon_module.Daemon.poll_etcd = poll_etcd  # type: ignore[method-assign]
+    job_module.EtcdJob.run = run  # type: ignore[method-assign]
 
-    original_snapshot = daemon_module.snapshot_connections
+    original_snapshot = job_module.snapshot_connections
 
     def snapshot(*args, **kwargs):  # type: ignore[no-untyped-def]
         w0, c0 = time.perf_counter(), time.thread_time()
@@ -56,7 +58,7 @@ def install(records: Path) -> None:
              listening=len(table.listening))
         return table
 
-    daemon_module.snapshot_connections = snapshot
+    job_module.snapshot_connections = snapshot
 
     original_render = web_module.generate_latest
 

@@ -28,7 +28,8 @@ from common import Children, Prometheus, median, ratio, sample_sum, summary
 from prometheus_client.parser import text_string_to_metric_families
 
 from watchdog.config import config_from_dict
-from watchdog.daemon import Daemon, etcd_clients
+from watchdog.daemon import Daemon
+from watchdog.etcd.job import EtcdCycle
 from watchdog.etcd.client import EtcdHttp
 from watchdog.etcd.peers import PeerPoll, poll_peer
 from watchdog.etcd.promtext import parse_peer_metrics
@@ -61,34 +62,31 @@ def make_daemon(url: str, grpc: bool, state_dir: str, keepalive: bool = False) -
         "state_dir": state_dir,
     })
     daemon = Daemon(config)
-    daemon.http, daemon.grpc = etcd_clients(config.etcd)
     if keepalive:
-        daemon.http = EtcdHttp(config.etcd.endpoints, keepalive=True)
+        daemon.etcd.http = EtcdHttp(config.etcd.endpoints, keepalive=True)
     return daemon
 
 
 async def metrics_only(daemon: Daemon) -> None:
     """fetch + parse + record: what poll_peer does for the /metrics page, without probes."""
-    assert daemon.http is not None
-    target = daemon.targets[0]
+    target = daemon.snapshot().targets[0]
     etcd = daemon.config.etcd
     started = time.monotonic()
-    scrape, page = await daemon.http.metrics_page(target.url, etcd.timeout,
+    scrape, page = await daemon.etcd.http.metrics_page(target.url, etcd.timeout,
                                                   max_bytes=etcd.max_metrics_bytes)
     metrics = parse_peer_metrics(page) if scrape.ok and page is not None else None
     poll = PeerPoll(target=target, up=metrics is not None, reason=None if metrics else
                     scrape.reason, duration=time.monotonic() - started, metrics=metrics,
                     member_id=target.member_id)
-    daemon._record_poll(poll)
+    daemon.deliver(EtcdCycle(polls=(poll,)))
 
 
 async def full_poll(daemon: Daemon) -> None:
-    assert daemon.http is not None
-    target = daemon.targets[0]
-    poll = await poll_peer(target, daemon.config.etcd, daemon.http, daemon.grpc, None,
+    target = daemon.snapshot().targets[0]
+    poll = await poll_peer(target, daemon.config.etcd, daemon.etcd.http, daemon.etcd.grpc, None,
                            daemon.config.etcd.connections_top_n)
     assert poll.up, poll.reason
-    daemon._record_poll(poll)
+    daemon.deliver(EtcdCycle(polls=(poll,)))
 
 
 async def paced(fn: Callable[[], Awaitable[None]], seconds: float, rate: float) -> tuple[int, float]:

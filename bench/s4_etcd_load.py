@@ -27,7 +27,7 @@ from typing import Any
 from common import proc_cpu, scalar_samples
 
 from watchdog.config import config_from_dict
-from watchdog.daemon import Daemon, etcd_clients
+from watchdog.daemon import Daemon
 from watchdog.lab.cluster import EtcdCluster
 
 
@@ -163,7 +163,6 @@ async def measure(cluster: EtcdCluster, cycles: int, state_dir: str) -> dict[str
         "state_dir": state_dir,
     })
     daemon = Daemon(config)
-    daemon.http, daemon.grpc = etcd_clients(config.etcd)
     loop = asyncio.get_running_loop()
     try:
         await daemon.poll_etcd()  # warm-up: the gRPC channel is opened here
@@ -193,7 +192,7 @@ async def measure(cluster: EtcdCluster, cycles: int, state_dir: str) -> dict[str
         c1, t1 = proc_cpu(member.pid), time.monotonic()
         await loop.run_in_executor(None, scrape_many)
         scrape_cpu = proc_cpu(member.pid) - c1 - idle_per_s * (time.monotonic() - t1)
-        page = await daemon.http.metrics_page(url, 5.0)
+        page = await daemon.etcd.http.metrics_page(url, 5.0)
     finally:
         await daemon.stop()
         await proxy.close()
@@ -218,7 +217,6 @@ async def per_member(cluster: EtcdCluster, cycles: int, state_dir: str) -> dict[
     config = config_from_dict({"etcd": {"endpoints": cluster.endpoints, "interval": "15s",
                                         "timeout": "5s"}, "state_dir": state_dir})
     daemon = Daemon(config)
-    daemon.http, daemon.grpc = etcd_clients(config.etcd)
     loop = asyncio.get_running_loop()
     urls = {m.name: m.client_url for m in cluster.members}
     try:
@@ -234,7 +232,7 @@ async def per_member(cluster: EtcdCluster, cycles: int, state_dir: str) -> dict[
         d = diff(after[name], before[name])
         d["promhttp_requests"] -= 1
         out[name] = {k: v / cycles for k, v in d.items() if v}
-    return {"cycles": cycles, "members": out, "peers_polled": len(daemon.targets)}
+    return {"cycles": cycles, "members": out, "peers_polled": len(daemon.snapshot().peers)}
 
 
 def run(quick: bool) -> dict[str, Any]:

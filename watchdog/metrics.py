@@ -1,21 +1,21 @@
 """Every metric watchdog exports, declared once, on an injected registry.
 
-Latency histograms and failure counters are instrumented metric objects that the daemon
-records into after each probe. Everything that mirrors the latest state of a peer or
-gateway comes from `StatusCollector`, built fresh from `Status` on every scrape, so a peer
-that leaves the cluster leaves the output too, and a scrape never waits on a target.
+Everything about peers and gateways, the accumulated latency histograms and failure counters
+included, is rendered by `SnapshotCollector` from one snapshot (`watchdog.snapshot`), so all
+of a peer's series in one scrape come from the same poll cycle, a peer that leaves the cluster
+leaves the output with it, and a scrape never waits on a target. Only the process's own
+bookkeeping (task runs, state saves, build info) is instrumented directly.
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     ProcessCollector,
     disable_created_metrics,
 )
@@ -28,56 +28,22 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from watchdog import __version__
-from watchdog.results import ProbeResult, Reason
-from watchdog.status import GatewayView, PeerView, Status
+from watchdog.snapshot import GatewayState, PeerState, Snapshot
 
-LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)
-ETCD_PROBES = (("json", "range"), ("json", "status"), ("grpc", "range"), ("grpc", "status"))
-ADMIN_CALLS = ("get_missing_route",)
 PHASES = ("connect", "tls", "processing", "transfer")
+PROBE_DURATION_HELP = (
+    "Latency of read probes through each etcd API (json = the HTTP/JSON gateway APISIX uses, "
+    "grpc = native). JSON far slower than gRPC on one peer points at the 250-stream limit.")
+PROBE_FAILURES_HELP = (
+    "Failed etcd probes by reason (timeout, refused, tls, auth, http, protocol). JSON "
+    "timeouts while gRPC succeeds: the JSON gateway is stalled.")
 
 
 class WatchdogMetrics:
-    """Instrumented metrics: probe latencies, failures, job runs."""
+    """The process's own instrumented metrics: task runs, state saves, build info."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.probe_duration = Histogram(
-            "watchdog_etcd_probe_duration_seconds",
-            "Latency of read probes through each etcd API (json = the HTTP/JSON gateway "
-            "APISIX uses, grpc = native). JSON far slower than gRPC on one peer points at "
-            "the 250-stream limit.",
-            ["peer", "api", "op"], buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.probe_failures = Counter(
-            "watchdog_etcd_probe_failures",
-            "Failed etcd probes by reason (timeout, refused, tls, auth, http, protocol). "
-            "JSON timeouts while gRPC succeeds: the JSON gateway is stalled.",
-            ["peer", "api", "op", "reason"], registry=registry,
-        )
-        self.poll_failures = Counter(
-            "watchdog_etcd_poll_failures",
-            "Failed polls of a peer's /metrics page by reason.",
-            ["peer", "reason"], registry=registry,
-        )
-        self.admin_duration = Histogram(
-            "watchdog_gateway_admin_duration_seconds",
-            "Gateway admin API call latency. Each call goes through etcd; seconds here mean "
-            "operators and deploy pipelines wait too.",
-            ["gateway", "call"], buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.admin_failures = Counter(
-            "watchdog_gateway_admin_failures",
-            "Failed gateway admin API calls by reason (timeout, refused, auth, http, protocol).",
-            ["gateway", "call", "reason"], registry=registry,
-        )
-        self.smoke_failures = Counter(
-            "watchdog_gateway_smoke_failures",
-            "Failed smoke probes (canary route not served in time) by reason.",
-            ["gateway", "reason"], registry=registry,
-        )
         self.job_runs = Counter(
             "watchdog_job_runs",
             "Runs of each polling task by outcome (success, timeout, error).",
@@ -97,82 +63,89 @@ class WatchdogMetrics:
             ["version", "python"], registry=registry,
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
-        self._peer_labels: dict[str, list[tuple[object, tuple[str, ...]]]] = {}
 
     def add_job(self, job: str) -> None:
         for outcome in ("success", "timeout", "error"):
             self.job_runs.labels(job, outcome)
-
-    def add_peer(self, peer: str, grpc: bool = True) -> None:
-        """Create the peer's series at zero so rate() and alerts see them from the start."""
-        if peer in self._peer_labels:
-            return
-        made: list[tuple[object, tuple[str, ...]]] = []
-        for api, op in ETCD_PROBES:
-            if api == "grpc" and not grpc:
-                continue
-            self.probe_duration.labels(peer, api, op)
-            made.append((self.probe_duration, (peer, api, op)))
-            for reason in Reason:
-                self.probe_failures.labels(peer, api, op, reason.value)
-                made.append((self.probe_failures, (peer, api, op, reason.value)))
-        for reason in Reason:
-            self.poll_failures.labels(peer, reason.value)
-            made.append((self.poll_failures, (peer, reason.value)))
-        self._peer_labels[peer] = made
-
-    def forget_peer(self, peer: str) -> None:
-        for metric, labels in self._peer_labels.pop(peer, []):
-            try:
-                metric.remove(*labels)  # type: ignore[attr-defined]
-            except KeyError:
-                pass
-
-    def add_gateway(self, gateway: str) -> None:
-        for call in ADMIN_CALLS:
-            self.admin_duration.labels(gateway, call)
-            for reason in Reason:
-                self.admin_failures.labels(gateway, call, reason.value)
-        for reason in Reason:
-            self.smoke_failures.labels(gateway, reason.value)
-
-    def record_probe(self, peer: str, result: ProbeResult) -> None:
-        if result.ok:
-            self.probe_duration.labels(peer, result.api, result.op).observe(result.duration)
-        else:
-            assert result.reason is not None
-            self.probe_failures.labels(peer, result.api, result.op, result.reason.value).inc()
-
-    def record_admin(self, gateway: str, result: ProbeResult) -> None:
-        if result.ok:
-            self.admin_duration.labels(gateway, result.op).observe(result.duration)
-        else:
-            assert result.reason is not None
-            self.admin_failures.labels(gateway, result.op, result.reason.value).inc()
 
 
 def _gauge(name: str, doc: str, labels: Iterable[str] = ("peer",)) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, labels=list(labels))
 
 
-class StatusCollector(Collector):
-    """Mirrors the latest peer and gateway views. Example output:
+class SnapshotCollector(Collector):
+    """Renders the latest snapshot. Example output:
 
     # HELP watchdog_etcd_peer_up 1 if the last poll of the peer's /metrics succeeded.
     # TYPE watchdog_etcd_peer_up gauge
     watchdog_etcd_peer_up{peer="etcd-0"} 1.0
     """
 
-    def __init__(self, status: Status) -> None:
-        self.status = status
+    def __init__(self, latest: Callable[[], Snapshot]) -> None:
+        self.latest = latest
 
     def collect(self) -> Iterator[Metric]:
-        peers = list(self.status.peers.values())
-        gateways = list(self.status.gateways.values())
+        snap = self.latest()  # read once: every family below comes from this one snapshot
+        peers = list(snap.peers.values())
+        gateways = list(snap.gateways.values())
+        yield from self._snapshot_families(snap)
+        yield from self._call_families(peers, gateways)
         yield from self._peer_families(peers)
         yield from self._gateway_families(gateways)
 
-    def _peer_families(self, peers: list[PeerView]) -> Iterator[Metric]:
+    def _snapshot_families(self, snap: Snapshot) -> Iterator[Metric]:
+        cycle = GaugeMetricFamily(
+            "watchdog_snapshot_cycle",
+            "Number of etcd poll cycles applied; every peer series in a scrape comes from "
+            "the one snapshot with this number.", value=snap.cycle)
+        taken = GaugeMetricFamily(
+            "watchdog_snapshot_timestamp_seconds",
+            "Unix time the snapshot this scrape renders was made (its age is the data's age).",
+            value=snap.taken)
+        yield from (cycle, taken)
+
+    def _call_families(self, peers: list[PeerState],
+                       gateways: list[GatewayState]) -> Iterator[Metric]:
+        probe = HistogramMetricFamily("watchdog_etcd_probe_duration_seconds",
+                                      PROBE_DURATION_HELP, labels=["peer", "api", "op"])
+        probe_fail = CounterMetricFamily("watchdog_etcd_probe_failures", PROBE_FAILURES_HELP,
+                                         labels=["peer", "api", "op", "reason"])
+        poll_fail = CounterMetricFamily("watchdog_etcd_poll_failures",
+                                        "Failed polls of a peer's /metrics page by reason.",
+                                        labels=["peer", "reason"])
+        admin = HistogramMetricFamily(
+            "watchdog_gateway_admin_duration_seconds",
+            "Gateway admin API call latency. Each call goes through etcd; seconds here mean "
+            "operators and deploy pipelines wait too.", labels=["gateway", "call"])
+        admin_fail = CounterMetricFamily(
+            "watchdog_gateway_admin_failures",
+            "Failed gateway admin API calls by reason (timeout, refused, auth, http, protocol).",
+            labels=["gateway", "call", "reason"])
+        smoke_fail = CounterMetricFamily(
+            "watchdog_gateway_smoke_failures",
+            "Failed smoke probes (canary route not served in time) by reason.",
+            labels=["gateway", "reason"])
+        for p in peers:
+            for (api, op), calls in sorted(p.calls.items()):
+                probe.add_metric([p.name, api, op], _buckets(calls.latency.cumulative()),
+                                 calls.latency.total)
+                for reason, n in calls.failures.items():
+                    probe_fail.add_metric([p.name, api, op, reason], n)
+            for reason, n in p.poll_failures.items():
+                poll_fail.add_metric([p.name, reason], n)
+        for g in gateways:
+            for call, calls in sorted(g.admin_calls.items()):
+                admin.add_metric([g.name, call], _buckets(calls.latency.cumulative()),
+                                 calls.latency.total)
+                for reason, n in calls.failures.items():
+                    admin_fail.add_metric([g.name, call, reason], n)
+            for reason, n in g.smoke_failures.items():
+                smoke_fail.add_metric([g.name, reason], n)
+        yield from (probe, probe_fail, poll_fail, admin, admin_fail, smoke_fail)
+
+    def _peer_families(self, peers: list[PeerState]) -> Iterator[Metric]:
+        cycle = _gauge("watchdog_etcd_peer_poll_cycle",
+                       "The etcd poll cycle whose results this peer's series show.")
         up = _gauge("watchdog_etcd_peer_up",
                     "1 if the last poll of the peer's /metrics succeeded, 0 if it failed.")
         info = _gauge("watchdog_etcd_peer_info", "Identity of the etcd peer (always 1).",
@@ -258,6 +231,7 @@ class StatusCollector(Collector):
             name = [p.name]
             if not p.polled:
                 continue
+            cycle.add_metric(name, p.cycle)
             up.add_metric(name, 1.0 if p.up else 0.0)
             info.add_metric([p.name, p.member_id, p.version, str(p.tls).lower(), p.endpoint], 1)
             poll_seconds.add_metric(name, p.poll_duration)
@@ -315,13 +289,13 @@ class StatusCollector(Collector):
                         phase.add_metric([p.name, op, ph], seconds)
 
         yield from (
-            up, info, leader, has_leader, changes, streams, watchers, slow, grpc_open, conns,
+            cycle, up, info, leader, has_leader, changes, streams, watchers, slow, grpc_open, conns,
             by_remote, gap, expected, steady, ratio, wire, wire_for, conn_steady, conn_wire,
             exposed, headroom, db, db_used, quota, fds, max_fds, revision, poll_seconds,
             success, phase, fsync, commit,
         )
 
-    def _gateway_families(self, gateways: list[GatewayView]) -> Iterator[Metric]:
+    def _gateway_families(self, gateways: list[GatewayState]) -> Iterator[Metric]:
         labels = ["gateway"]
         success = _gauge("watchdog_gateway_admin_success",
                          "1 if the last admin API call succeeded.", ["gateway", "call"])
@@ -368,15 +342,19 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
+def _buckets(pairs: list[tuple[float, int]]) -> list[tuple[str, float]]:
+    return [(_le(bound), float(count)) for bound, count in pairs]
+
+
 def make_registry(
-    status: Status, registry: CollectorRegistry | None = None
+    latest: Callable[[], Snapshot], registry: CollectorRegistry | None = None
 ) -> tuple[CollectorRegistry, WatchdogMetrics]:
-    """watchdog's metrics and the status collector on `registry` (by default a fresh one
+    """watchdog's metrics and the snapshot collector on `registry` (by default a fresh one
     that also carries the process metrics)."""
     disable_created_metrics()  # *_created series only add noise for a scrape target
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=registry)
     metrics = WatchdogMetrics(registry)
-    registry.register(StatusCollector(status))
+    registry.register(SnapshotCollector(latest))
     return registry, metrics

@@ -1,6 +1,6 @@
 """The web server: /metrics, /healthz, /readyz and a status page at /.
 
-Nothing here waits on etcd or a gateway: every handler renders the daemon's last results.
+Nothing here waits on etcd or a gateway: every handler renders the latest snapshot.
 """
 
 from __future__ import annotations
@@ -8,28 +8,34 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import (
     CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
 )
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from watchdog import __version__
-from watchdog.status import GatewayView, PeerView
-
-if TYPE_CHECKING:
-    from watchdog.daemon import Daemon
-
-DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+from watchdog.snapshot import GatewayState, PeerState, Snapshot
 
 
-def make_app(daemon: Daemon, middlewares: Iterable[Middleware] = ()) -> web.Application:
+class Source(Protocol):
+    """What the web server reads: the registry to render and the latest snapshot."""
+
+    registry: CollectorRegistry
+
+    def snapshot(self) -> Snapshot: ...
+
+
+SOURCE_KEY: web.AppKey[Source] = web.AppKey("source")
+
+
+def make_app(source: Source, middlewares: Iterable[Middleware] = ()) -> web.Application:
     app = web.Application(middlewares=list(middlewares))
-    app[DAEMON_KEY] = daemon
+    app[SOURCE_KEY] = source
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
@@ -38,7 +44,7 @@ def make_app(daemon: Daemon, middlewares: Iterable[Middleware] = ()) -> web.Appl
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
-    registry = request.app[DAEMON_KEY].registry
+    registry = request.app[SOURCE_KEY].registry
     if "application/openmetrics-text" in request.headers.get("Accept", ""):
         body, ctype = generate_openmetrics(registry), OPENMETRICS_CONTENT_TYPE
     else:
@@ -53,18 +59,17 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
-    status = request.app[DAEMON_KEY].status
-    if status.ready():
+    snap = request.app[SOURCE_KEY].snapshot()
+    if snap.ready():
         return web.Response(text="ok\n")
-    waiting = [p.name for p in status.peers.values() if not p.polled]
-    waiting += [g.name for g in status.gateways.values() if not g.polled]
+    waiting = snap.waiting_for()
     text = "not ready: waiting for the first poll of " + (", ".join(waiting) or "etcd members")
     return web.Response(status=503, text=text + "\n")
 
 
 async def handle_index(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON_KEY]
-    return web.Response(text=render_status_page(daemon), content_type="text/html")
+    snap = request.app[SOURCE_KEY].snapshot()
+    return web.Response(text=render_status_page(snap), content_type="text/html")
 
 
 # -- the status page ---------------------------------------------------------------
@@ -109,7 +114,7 @@ def sparkline(points: list[tuple[float, float | None, float | None]], factor: fl
     return "".join(parts)
 
 
-def _probe_cell(peer: PeerView, api: str, op: str) -> str:
+def _probe_cell(peer: PeerState, api: str, op: str) -> str:
     result = peer.probes.get((api, op))
     if result is None:
         return "<td>–</td>"
@@ -118,7 +123,7 @@ def _probe_cell(peer: PeerView, api: str, op: str) -> str:
     return f'<td class="bad">{html.escape(result.reason or "")}</td>'
 
 
-def _peer_row(peer: PeerView, factor: float) -> str:
+def _peer_row(peer: PeerState, factor: float) -> str:
     e = html.escape
     ws = peer.wires.get("watch_streams")
     if not peer.polled:
@@ -149,7 +154,7 @@ def _peer_row(peer: PeerView, factor: float) -> str:
     )
 
 
-def _gateway_row(gw: GatewayView) -> str:
+def _gateway_row(gw: GatewayState) -> str:
     e = html.escape
     admin = gw.admin.get("get_missing_route")
     if admin is None:
@@ -172,9 +177,8 @@ def _gateway_row(gw: GatewayView) -> str:
     )
 
 
-def render_status_page(daemon: Daemon) -> str:
-    status = daemon.status
-    factor = daemon.config.tripwire.factor
+def render_status_page(status: Snapshot) -> str:
+    factor = status.factor
     peers = sorted(status.peers.values(), key=lambda p: p.name)
     tripped = [p.name for p in peers if p.wires.get("watch_streams") and
                p.wires["watch_streams"].tripped]

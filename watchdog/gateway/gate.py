@@ -57,7 +57,7 @@ async def _show_progress(progress: list[Progress], out: TextIO) -> None:
 
 
 async def _newest_revision_fn(config: Config):  # type: ignore[no-untyped-def]
-    from watchdog.daemon import etcd_clients
+    from watchdog.etcd.job import etcd_clients
 
     http, _ = etcd_clients(config.etcd.model_copy(update={"grpc_probes": False}))
     prefix = config.etcd.prefix.rstrip("/")

@@ -1,4 +1,5 @@
-"""The daemon's gateway jobs: admin-call probes, gateway state, periodic smoke."""
+"""The gateway jobs: admin-call probes, gateway state, periodic smoke. They observe and
+return `GatewayPoll` / `SmokeRun` results; the reducer applies them."""
 
 from __future__ import annotations
 
@@ -6,38 +7,50 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import aiohttp
 
 from watchdog.config import Config, GatewayConfig
 from watchdog.gateway.admin import AdminClient
-from watchdog.gateway.smoke import run_gate
+from watchdog.gateway.smoke import SmokeResult, run_gate
 from watchdog.gateway.status import GatewayMetrics, config_lag, read_ready, scrape_metrics
 from watchdog.httpprobe import make_session
-from watchdog.metrics import WatchdogMetrics
 from watchdog.results import ProbeResult
-from watchdog.status import Status
+from watchdog.scheduler import Job
 
 log = logging.getLogger(__name__)
 
 NewestRevision = Callable[[], Awaitable[int | None]]
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayPoll:
+    """One round of checks of one gateway. `scraped` is False when no metrics_url is set
+    (then the three state fields stay as they were)."""
+
+    name: str
+    admin: ProbeResult
+    ready: bool | None = None
+    scraped: bool = False
+    etcd_reachable: float | None = None
+    loaded_revision: float | None = None
+    config_lag: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SmokeRun:
+    """One periodic smoke probe of one gateway."""
+
+    name: str
+    result: SmokeResult
+
+
 class GatewayJobs:
     """One admin/state job and one smoke job per gateway, sharing one HTTP session."""
 
-    def __init__(
-        self,
-        config: Config,
-        status: Status,
-        metrics: WatchdogMetrics,
-        clock: Callable[[], float],
-        newest_config_revision: NewestRevision,
-    ) -> None:
+    def __init__(self, config: Config, newest_config_revision: NewestRevision) -> None:
         self.config = config
-        self.status = status
-        self.metrics = metrics
-        self.clock = clock
         self.newest_config_revision = newest_config_revision
         self._session: aiohttp.ClientSession | None = None
 
@@ -55,10 +68,8 @@ class GatewayJobs:
         if self._session is not None:
             await self._session.close()
 
-    def jobs(self) -> list[object]:
-        from watchdog.daemon import Job
-
-        jobs: list[object] = []
+    def jobs(self) -> list[Job]:
+        jobs: list[Job] = []
         etcd = self.config.etcd
         for gw in self.config.gateways:
             interval = gw.interval or etcd.interval
@@ -71,19 +82,18 @@ class GatewayJobs:
                                 smoke.timeout + 15.0, self._smoke_job(gw)))
         return jobs
 
-    def _poll_job(self, gw: GatewayConfig, timeout: float) -> Callable[[], Awaitable[None]]:
-        async def run() -> None:
-            await self.poll(gw, timeout)
+    def _poll_job(self, gw: GatewayConfig, timeout: float) -> Callable[[], Awaitable[object]]:
+        async def run() -> GatewayPoll:
+            return await self.poll(gw, timeout)
         return run
 
-    def _smoke_job(self, gw: GatewayConfig) -> Callable[[], Awaitable[None]]:
-        async def run() -> None:
-            await self.smoke(gw)
+    def _smoke_job(self, gw: GatewayConfig) -> Callable[[], Awaitable[object]]:
+        async def run() -> SmokeRun:
+            return await self.smoke(gw)
         return run
 
-    async def poll(self, gw: GatewayConfig, timeout: float) -> None:
+    async def poll(self, gw: GatewayConfig, timeout: float) -> GatewayPoll:
         """Admin-call probe, /status/ready and the gateway's metrics, concurrently."""
-        view = self.status.gateways[gw.name]
         admin = AdminClient(gw, self.session)
 
         async def ready() -> ProbeResult | None:
@@ -102,35 +112,30 @@ class GatewayJobs:
         called, ready_result, state_result = await asyncio.gather(
             admin.get_missing_route(timeout), ready(), state()
         )
-        view.admin[called.op] = called
-        self.metrics.record_admin(gw.name, called)
-        if not called.ok:
-            log.info("admin call failed gateway=%s reason=%s detail=%s", gw.name,
-                     called.reason, called.detail)
-        if ready_result is not None:
-            view.ready = ready_result.ok
+        poll = GatewayPoll(name=gw.name, admin=called,
+                           ready=ready_result.ok if ready_result is not None else None)
         if state_result is not None:
             scraped, newest = state_result
-            view.etcd_reachable = scraped.etcd_reachable if scraped else None
-            view.loaded_revision = scraped.max_modify_index if scraped else None
-            view.config_lag = config_lag(newest, view.loaded_revision)
-        view.polled = True
+            loaded = scraped.max_modify_index if scraped else None
+            poll = GatewayPoll(
+                name=gw.name, admin=called, ready=poll.ready, scraped=True,
+                etcd_reachable=scraped.etcd_reachable if scraped else None,
+                loaded_revision=loaded, config_lag=config_lag(newest, loaded),
+            )
+        return poll
 
-    async def smoke(self, gw: GatewayConfig) -> None:
+    async def smoke(self, gw: GatewayConfig) -> SmokeRun:
         """A periodic canary, exported as smoke success and sync seconds."""
-        view = self.status.gateways[gw.name]
         started = time.monotonic()
         result = await run_gate(
             gw, self.session, timeout=self.config.smoke.timeout,
             poll_interval=self.config.smoke.poll_interval,
             call_timeout=gw.timeout or self.config.etcd.timeout,
         )
-        view.smoke = result
-        view.last_smoke = self.clock()
         if not result.ok:
-            self.metrics.smoke_failures.labels(gw.name, (result.reason or "protocol")).inc()
             log.warning("smoke failed gateway=%s phase=%s reason=%s: %s", gw.name,
                         result.phase, result.reason, result.message)
         else:
             log.info("smoke passed gateway=%s sync_ms=%.0f total_ms=%.0f", gw.name,
                      (result.sync_seconds or 0) * 1000, (time.monotonic() - started) * 1000)
+        return SmokeRun(gw.name, result)

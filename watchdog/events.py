@@ -1,0 +1,66 @@
+"""State changes worth a log line, read from two consecutive snapshots (never from jobs)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from watchdog.snapshot import GatewayState, PeerState, Snapshot
+
+log = logging.getLogger("watchdog.events")
+
+Event = tuple[int, str]  # (logging level, message)
+
+
+def changes(prev: Snapshot, cur: Snapshot) -> Iterator[Event]:
+    """What changed from `prev` to `cur`, one event per change that matters."""
+    if cur.discovery_error and cur.discovery_error != prev.discovery_error:
+        yield logging.WARNING, f"member discovery failed: {cur.discovery_error}"
+    for name in sorted(prev.peers.keys() - cur.peers.keys()):
+        yield logging.INFO, f"peer left peer={name}"
+    for name, peer in sorted(cur.peers.items()):
+        old = prev.peers.get(name)
+        if old is None:
+            yield logging.INFO, f"watching peer peer={name} url={peer.endpoint}"
+            old = PeerState(name=name, endpoint=peer.endpoint)
+        if peer.cycle != old.cycle:
+            yield from _peer_changes(old, peer)
+    for name, gw in sorted(cur.gateways.items()):
+        old_gw = prev.gateways.get(name)
+        if old_gw is not None and old_gw is not gw:
+            yield from _gateway_changes(old_gw, gw)
+
+
+def _peer_changes(old: PeerState, new: PeerState) -> Iterator[Event]:
+    if not new.up and (old.up or not old.polled):
+        first = "" if old.polled else " first_poll=true"
+        yield logging.WARNING, f"peer down peer={new.name} reason={new.poll_reason}{first}"
+    elif new.up and old.polled and not old.up:
+        yield logging.INFO, f"peer up again peer={new.name}"
+    for signal, state in new.wires.items():
+        before = old.wires.get(signal)
+        was = before.tripped if before else False
+        if state.tripped and not was:
+            ratio = f"{state.ratio:.2f}" if state.ratio is not None else "?"
+            yield (logging.WARNING,
+                   f"trip wire tripped peer={new.name} signal={signal} "
+                   f"steady={state.steady} ratio={ratio}")
+        elif was and not state.tripped:
+            yield logging.INFO, f"trip wire cleared peer={new.name} signal={signal}"
+
+
+def _gateway_changes(old: GatewayState, new: GatewayState) -> Iterator[Event]:
+    for call, result in new.admin.items():
+        before = old.admin.get(call)
+        if result is before:
+            continue
+        if not result.ok and (before is None or before.ok):
+            yield (logging.INFO, f"admin call failed gateway={new.name} "
+                   f"reason={result.reason} detail={result.detail}")
+        elif result.ok and before is not None and not before.ok:
+            yield logging.INFO, f"admin call succeeds again gateway={new.name}"
+
+
+def log_changes(prev: Snapshot, cur: Snapshot) -> None:
+    for level, message in changes(prev, cur):
+        log.log(level, message)

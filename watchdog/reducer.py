@@ -1,0 +1,253 @@
+"""The reducer: previous snapshot + one job result + the clock -> the next snapshot.
+
+It is the one place where results change what watchdog shows: peers joining and leaving,
+polls, gateway checks, smoke runs, expected fan-out, and the counters and histograms that
+accumulate (probe latencies and failures live in the snapshot, so a render of one snapshot is
+consistent by construction). The trip wire's learned memory (`TripwireBank`) is the only
+state kept outside the snapshot; `reduce` feeds it and copies its verdicts in. No I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from watchdog.config import Config
+from watchdog.etcd.job import Discovery, EtcdCycle
+from watchdog.etcd.peers import PeerPoll
+from watchdog.gateway.jobs import GatewayPoll, SmokeRun
+from watchdog.results import Reason
+from watchdog.snapshot import (
+    HISTORY,
+    Calls,
+    GatewayState,
+    PeerState,
+    Snapshot,
+    frozen_map,
+)
+from watchdog.tripwire import TripwireBank
+
+ETCD_PROBES = (("json", "range"), ("json", "status"), ("grpc", "range"), ("grpc", "status"))
+ADMIN_CALLS = ("get_missing_route",)
+
+
+@dataclass(frozen=True)
+class FanoutEntry:
+    """What one gateway predicts: watch streams, and the etcd endpoint it is pinned to."""
+
+    gateway: str
+    streams: float | None
+    endpoint: str | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the reducer needs from the config."""
+
+    grpc_probes: bool = True
+    factor: float = 2.0
+    fanout: tuple[FanoutEntry, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Settings:
+        return cls(
+            grpc_probes=config.etcd.grpc_probes,
+            factor=config.tripwire.factor,
+            fanout=tuple(FanoutEntry(gw.name, gw.expected_streams(), gw.etcd_endpoint)
+                         for gw in config.gateways),
+        )
+
+
+def initial(config: Config, now: float) -> Snapshot:
+    """The snapshot before any job ran: the configured gateways, no peers yet."""
+    settings = Settings.from_config(config)
+    gateways = {gw.name: _new_gateway(gw.name, gw.admin_url) for gw in config.gateways}
+    return Snapshot(started=now, taken=now, factor=settings.factor,
+                    gateways=frozen_map(gateways))
+
+
+def reduce(prev: Snapshot, result: object, now: float, wires: TripwireBank,
+           settings: Settings) -> Snapshot:
+    """The next snapshot after `result` (an EtcdCycle, GatewayPoll or SmokeRun)."""
+    if isinstance(result, EtcdCycle):
+        snap = prev
+        if result.before is not None:
+            snap = apply_discovery(snap, result.before, wires, settings)
+        snap = apply_polls(snap, result.polls, now, wires, settings)
+        if result.after is not None:
+            snap = apply_discovery(snap, result.after, wires, settings)
+        return snap
+    if isinstance(result, Discovery):
+        return apply_discovery(prev, result, wires, settings)
+    if isinstance(result, GatewayPoll):
+        return _with_gateway(prev, apply_gateway_poll(prev, result, now), now)
+    if isinstance(result, SmokeRun):
+        return _with_gateway(prev, apply_smoke(prev, result, now), now)
+    raise TypeError(f"no reducer for {type(result).__name__}")
+
+
+def apply_discovery(prev: Snapshot, found: Discovery, wires: TripwireBank,
+                    settings: Settings) -> Snapshot:
+    """Peers that left are dropped (with their learned state); new ones are added."""
+    new = {t.name: t for t in found.targets}
+    for gone in prev.peers.keys() - new.keys():
+        wires.forget(gone)
+    peers: dict[str, PeerState] = {}
+    for name, target in new.items():
+        old = prev.peers.get(name)
+        if old is None:
+            peers[name] = _new_peer(name, target.url, target.tls, target.member_id, settings)
+        elif (old.endpoint, old.tls) != (target.url, target.tls):
+            peers[name] = replace(old, endpoint=target.url, tls=target.tls)
+        else:
+            peers[name] = old
+    return replace(prev, peers=frozen_map(peers), discovery_error=found.error,
+                   discovered=True)
+
+
+def apply_polls(prev: Snapshot, polls: Iterable[PeerPoll], now: float, wires: TripwireBank,
+                settings: Settings) -> Snapshot:
+    """One etcd cycle: every polled peer's new state, all numbered with the new cycle."""
+    cycle = prev.cycle + 1
+    polls = [p for p in polls if p.target.name in prev.peers]
+    peers = dict(prev.peers)
+    for poll in polls:
+        peers[poll.target.name] = _polled_peer(peers[poll.target.name], poll, cycle, now, wires)
+    for name, streams in expected_streams(polls, settings.fanout).items():
+        if name in peers:
+            peers[name] = replace(peers[name], expected_streams=streams)
+    return replace(prev, cycle=cycle, taken=now, peers=frozen_map(peers))
+
+
+def _polled_peer(old: PeerState, poll: PeerPoll, cycle: int, now: float,
+                 wires: TripwireBank) -> PeerState:
+    probes = dict(old.probes)
+    calls = dict(old.calls)
+    for result in poll.probes:
+        key = (result.api, result.op)
+        probes[key] = result
+        calls[key] = calls.get(key, Calls()).record(result)
+    poll_failures = old.poll_failures
+    if not poll.up and poll.reason is not None:
+        poll_failures = _inc(poll_failures, poll.reason)
+    metrics = poll.metrics if poll.up else None
+    streams = metrics.watch_streams if metrics else None
+    wire_states = dict(old.wires)
+    # A NaN or negative sample on a peer's page is exported as it is but never learned
+    # from (the trip wire rejects it, and one bad page must not fail the whole poll).
+    if poll.up and streams is not None and math.isfinite(streams) and streams >= 0:
+        wire_states["watch_streams"] = wires.observe(old.name, "watch_streams", streams)
+    if poll.connections is not None:
+        wire_states["client_connections"] = wires.observe(
+            old.name, "client_connections", poll.connections.total)
+    ws = wire_states.get("watch_streams")
+    history = old.history[-(HISTORY - 1):] + ((now, streams, ws.steady if ws else None),)
+    return replace(
+        old,
+        cycle=cycle, up=poll.up, poll_reason=poll.reason.value if poll.reason else "",
+        last_poll=now, poll_duration=poll.duration, metrics=metrics,
+        connections=poll.connections,
+        member_id=poll.member_id or old.member_id, version=poll.version or old.version,
+        is_leader=poll.is_leader if poll.up else None, exposed=poll.exposed,
+        revision=poll.revision if poll.revision is not None else old.revision,
+        probes=frozen_map(probes), calls=frozen_map(calls), poll_failures=poll_failures,
+        wires=frozen_map(wire_states), history=history,
+    )
+
+
+def expected_streams(polls: list[PeerPoll], fanout: Iterable[FanoutEntry]) -> dict[str, float]:
+    """Expected watch streams per peer from the gateway inventory.
+
+    A gateway pinned to an etcd endpoint counts fully on that peer; the others are
+    spread evenly over the peers that are up (an estimate: clients pick endpoints)."""
+    by_url = {p.target.url: p.target.name for p in polls}
+    up = [p.target.name for p in polls if p.up] or [p.target.name for p in polls]
+    expected: dict[str, float] = {}
+    known = False
+    for gw in fanout:
+        if gw.streams is None:
+            continue
+        known = True
+        pinned = by_url.get(gw.endpoint or "")
+        if pinned:
+            expected[pinned] = expected.get(pinned, 0.0) + gw.streams
+        else:
+            for name in up:
+                expected[name] = expected.get(name, 0.0) + gw.streams / len(up)
+    if known:
+        for p in polls:
+            expected.setdefault(p.target.name, 0.0)
+    return expected
+
+
+def apply_gateway_poll(prev: Snapshot, poll: GatewayPoll, now: float) -> GatewayState | None:
+    old = prev.gateways.get(poll.name)
+    if old is None:
+        return None
+    called = poll.admin
+    admin = dict(old.admin)
+    admin[called.op] = called
+    calls = dict(old.admin_calls)
+    calls[called.op] = calls.get(called.op, Calls()).record(called)
+    new = replace(old, polled=True, last_poll=now, admin=frozen_map(admin),
+                  admin_calls=frozen_map(calls))
+    if poll.ready is not None:
+        new = replace(new, ready=poll.ready)
+    if poll.scraped:
+        new = replace(new, etcd_reachable=poll.etcd_reachable,
+                      loaded_revision=poll.loaded_revision, config_lag=poll.config_lag)
+    return new
+
+
+def apply_smoke(prev: Snapshot, run: SmokeRun, now: float) -> GatewayState | None:
+    old = prev.gateways.get(run.name)
+    if old is None:
+        return None
+    failures = old.smoke_failures
+    if not run.result.ok:
+        failures = _inc(failures, run.result.reason or "protocol")
+    return replace(old, smoke=run.result, last_smoke=now, smoke_failures=failures)
+
+
+def _with_gateway(prev: Snapshot, gw: GatewayState | None, now: float) -> Snapshot:
+    if gw is None:
+        return prev
+    gateways = dict(prev.gateways)
+    gateways[gw.name] = gw
+    return replace(prev, taken=now, gateways=frozen_map(gateways))
+
+
+def _new_peer(name: str, url: str, tls: bool, member_id: str, settings: Settings) -> PeerState:
+    # Every probe's series exist from the start, at zero, so rate() and alerts see them.
+    calls = {key: Calls() for key in ETCD_PROBES if settings.grpc_probes or key[0] != "grpc"}
+    return PeerState(name=name, endpoint=url, tls=tls, member_id=member_id,
+                     calls=frozen_map(calls))
+
+
+def _new_gateway(name: str, admin_url: str) -> GatewayState:
+    return GatewayState(name=name, admin_url=admin_url,
+                        admin_calls=frozen_map({call: Calls() for call in ADMIN_CALLS}))
+
+
+def _inc(counts: Mapping[str, int], reason: Reason | str) -> Mapping[str, int]:
+    key = reason.value if isinstance(reason, Reason) else str(reason)
+    out = dict(counts)
+    out[key] = out.get(key, 0) + 1
+    return frozen_map(out)
+
+
+class Reducer:
+    """Holds the latest snapshot and the trip wire's memory; applies results in order."""
+
+    def __init__(self, config: Config, wires: TripwireBank, clock: Callable[[], float]) -> None:
+        self.settings = Settings.from_config(config)
+        self.wires = wires
+        self.clock = clock
+        self.snapshot = initial(config, clock())
+
+    def apply(self, result: object) -> tuple[Snapshot, Snapshot]:
+        """Apply one result; returns (previous, next) so callers can log what changed."""
+        prev = self.snapshot
+        self.snapshot = reduce(prev, result, self.clock(), self.wires, self.settings)
+        return prev, self.snapshot
