@@ -1,6 +1,6 @@
 # Sourced by scripts/demo and scripts/test: a project virtualenv with everything installed.
 # Works on a fresh Debian machine with Python 3.11: installs python3-venv (and, for the
-# tests, promtool) with apt when they are missing.
+# tests, promtool, amtool and Alertmanager) with apt when they are missing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +16,7 @@ APT_UPDATED=""
 apt_install() {
   command -v apt-get >/dev/null || { echo "no apt-get: install $* by hand" >&2; return 1; }
   if [ -z "$APT_UPDATED" ]; then as_root apt-get update -qq; APT_UPDATED=1; fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$@"
 }
 
 ensure_venv() {
@@ -45,7 +45,10 @@ ensure_test_tools() {
   local want=()
   command -v promtool >/dev/null && command -v prometheus >/dev/null || want+=(prometheus)
   command -v chromium >/dev/null || want+=(chromium)
+  # Debian names the binary prometheus-alertmanager; amtool comes with it
+  { command -v prometheus-alertmanager || command -v alertmanager; } >/dev/null && command -v amtool >/dev/null \
+    || want+=(prometheus-alertmanager)
   [ ${#want[@]} -eq 0 ] && return 0
-  echo "installing ${want[*]} with apt (real Prometheus/promtool and headless Chromium for the tests)" >&2
+  echo "installing ${want[*]} with apt (real Prometheus/promtool, Alertmanager/amtool and headless Chromium for the tests)" >&2
   apt_install "${want[@]}" || echo "warning: could not install ${want[*]}; tests needing them are skipped" >&2
 }

@@ -301,3 +301,50 @@ def test_unit_tests_check_annotations() -> None:
                         "description",
                         "runbook_url",
                     }, f"{path.name}: {t['alertname']} at {t['eval_time']}"
+
+
+# --- the example Alertmanager config (deploy/alertmanager/) ---------------------------------
+
+ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
+
+
+def _alertmanager_config() -> dict[str, Any]:
+    return yaml.load(ALERTMANAGER_CONFIG.read_text(), _Loader)  # type: ignore[no-any-return]
+
+
+def _matcher_names(matchers: list[str]) -> set[str]:
+    """Alert names an `alertname="X"` or `alertname=~"A|B"` matcher list selects."""
+    names: set[str] = set()
+    for m in matchers:
+        found = re.fullmatch(r'alertname=~?"([\w|]+)"', m.strip())
+        if found:
+            names |= set(found.group(1).split("|"))
+    return names
+
+
+def test_alertmanager_config_passes_amtool() -> None:
+    amtool = require_tool("amtool")
+    proc = subprocess.run([amtool, "check-config", str(ALERTMANAGER_CONFIG)],
+                          capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "SUCCESS" in out, out
+
+
+def test_alertmanager_config_matches_the_rules() -> None:
+    """Grouped per peer and gateway; every alert name an inhibit rule names exists; a peer
+    that is down silences that same peer's probe alerts."""
+    config = _alertmanager_config()
+    assert {"peer", "gateway"} <= set(config["route"]["group_by"])
+    names = {rule["alert"] for _, rule in all_alerts()}
+    rules = config["inhibit_rules"]
+    for rule in rules:
+        for key in ("source_matchers", "target_matchers"):
+            assert _matcher_names(rule[key]) <= names, _matcher_names(rule[key]) - names
+    peer_down = [r for r in rules if _matcher_names(r["source_matchers"]) == {"EtcdPeerDown"}]
+    assert len(peer_down) == 1
+    assert {"EtcdPeerProbesFailing", "EtcdJsonGatewayStalled"} <= _matcher_names(
+        peer_down[0]["target_matchers"])
+    assert "peer" in peer_down[0]["equal"], "a down peer must silence only its own alerts"
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            assert hook["url"].startswith("http://alert-receiver.example:"), "placeholders only"
