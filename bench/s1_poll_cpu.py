@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from watchdog.config import config_from_dict
 from watchdog.daemon import Daemon
-from watchdog.etcd.job import EtcdCycle
 from watchdog.etcd.client import EtcdHttp
+from watchdog.etcd.job import EtcdCycle
 from watchdog.etcd.peers import PeerPoll, poll_peer
 from watchdog.etcd.promtext import parse_peer_metrics
 from watchdog.etcd.sockets import SocketTable, snapshot_connections

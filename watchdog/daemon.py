@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from watchdog.config import Config
 from watchdog.etcd.job import EtcdJob
 from watchdog.events import log_changes
-from watchdog.metrics import WatchdogMetrics, make_registry
+from watchdog.metrics import make_registry
 from watchdog.reducer import Reducer
 from watchdog.scheduler import Job, run_every
 from watchdog.snapshot import Snapshot

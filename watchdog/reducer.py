@@ -142,7 +142,7 @@ def _polled_peer(old: PeerState, poll: PeerPoll, cycle: int, now: float,
         wire_states["client_connections"] = wires.observe(
             old.name, "client_connections", poll.connections.total)
     ws = wire_states.get("watch_streams")
-    history = old.history[-(HISTORY - 1):] + ((now, streams, ws.steady if ws else None),)
+    history = (*old.history[-(HISTORY - 1):], (now, streams, ws.steady if ws else None))
     return replace(
         old,
         cycle=cycle, up=poll.up, poll_reason=poll.reason.value if poll.reason else "",

@@ -14,7 +14,7 @@ from watchdog.lab.sim_etcd import KV, EtcdError, range_end
 from watchdog.lab.sim_state import version_at_least
 
 if TYPE_CHECKING:
-    from watchdog.lab.gateway_sim import GatewaySim
+    from watchdog.lab.sim_core import SimCore
 
 # Resource types the simulated Admin API stores; anything else is "Unsupported resource type".
 RESOURCES: dict[str, str] = {
@@ -52,7 +52,7 @@ class AdminError(Exception):
 class AdminApi:
     """Handlers for one simulated gateway's admin port."""
 
-    def __init__(self, sim: GatewaySim) -> None:
+    def __init__(self, sim: SimCore) -> None:
         self.sim = sim
         self.config = sim.config
 
