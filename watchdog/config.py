@@ -99,6 +99,7 @@ DEFAULT_ETCD_INTERVAL = 15.0
 DEFAULT_ETCD_TIMEOUT = 5.0
 ETCD_DEFAULT_PORT = 2379
 MAX_SECRET_BYTES = 64 * 1024
+MAX_NAMED_WARNINGS = 10     # gateways named one by one in a warning, then a count
 
 
 class KeyedError(ValueError):
@@ -631,13 +632,19 @@ def _collect_warnings(config: Config) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     if config.etcd.auth is not None:
         found += [(f"etcd.auth.{key}", note) for key, note in config.etcd.auth._notes]
+    blind: list[int] = []
     for i, gw in enumerate(config.gateways):
         found += [(f"gateways[{i}].{key}", note) for key, note in gw._notes]
         if config.smoke.interval > 0 and gw.data_url is None:
-            found.append((f"gateways[{i}]", (
-                f"gateway {gw.name} has no data_url: the periodic smoke probe "
-                f"(smoke.interval {format_duration(config.smoke.interval)}) skips it and "
-                "`watchdog smoke` cannot check it without --read-only; set data_url")))
+            blind.append(i)
+    for i in blind[:MAX_NAMED_WARNINGS]:
+        found.append((f"gateways[{i}]", (
+            f"gateway {config.gateways[i].name} has no data_url: the periodic smoke probe "
+            f"(smoke.interval {format_duration(config.smoke.interval)}) skips it and "
+            "`watchdog smoke` cannot check it without --read-only; set data_url")))
+    if len(blind) > MAX_NAMED_WARNINGS:  # a fleet config must not flood the log
+        found.append(("gateways", f"{len(blind) - MAX_NAMED_WARNINGS} more gateways have no "
+                      "data_url (the periodic smoke probe skips them)"))
     return found
 
 

@@ -207,6 +207,11 @@ def test_endpoint_and_gateway_counts_are_capped() -> None:
     data["gateways"] = data["gateways"][:MAX_GATEWAYS]
     config = config_from_dict(data)
     assert (len(config.etcd.endpoints), len(config.gateways)) == (MAX_ENDPOINTS, MAX_GATEWAYS)
+    # None has a data_url: ten are named, the rest counted, so the log is not flooded.
+    assert [key for key, _ in config.warnings] == [f"gateways[{i}]" for i in range(10)] + \
+        ["gateways"]
+    assert config.warnings[-1][1].startswith(f"{MAX_GATEWAYS - 10} more gateways have no "
+                                             "data_url")
 
 
 # -- URLs ------------------------------------------------------------------------------------
