@@ -164,29 +164,29 @@ Timeout = Annotated[float, BeforeValidator(_at_least(MIN_TIMEOUT))]
 
 
 def _redacted(value: str) -> str:
-    """The URL with any userinfo replaced, so an error message never shows a password."""
+    """The URL with everything up to its last '@' replaced: a password may hold '/', ':'
+    or '#', so no parse of it is trusted to find where the userinfo ends."""
     scheme, sep, rest = value.partition("://")
     if not sep:
-        return "<credentials>@..." if "@" in value else value
-    netloc, _, tail = rest.partition("/")
-    if "@" in netloc:
-        netloc = "<credentials>@" + netloc.rpartition("@")[2]
-    return f"{scheme}://{netloc}" + (f"/{tail}" if tail else "")
+        scheme, rest = "", value
+    if "@" in rest:
+        rest = "<credentials>@" + rest.rpartition("@")[2]
+    return f"{scheme}{sep}{rest}"
 
 
 def _check_url(value: object, *, etcd: bool = False, query_ok: bool = False) -> str:
     text = str(value).strip()
     shown = _redacted(text)
+    if shown != text:
+        where = ("etcd.auth (username, password_file or password_env)" if etcd
+                 else "admin_key_file or admin_key_env")
+        raise ValueError(f"{shown}: credentials in a URL are not accepted (they would end up "
+                         f"in logs and on the status page); use {where}")
     try:
         parts = urlsplit(text)
         port = parts.port
     except ValueError as err:
         raise ValueError(f"{shown}: {err}") from None
-    if "@" in parts.netloc:
-        where = ("etcd.auth (username, password_file or password_env)" if etcd
-                 else "admin_key_file or admin_key_env")
-        raise ValueError(f"{shown}: credentials in a URL are not accepted (they would end up "
-                         f"in logs and on the status page); use {where}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{shown} is not an http:// or https:// URL with a host")
     if parts.fragment or (parts.query and not query_ok):

@@ -238,13 +238,16 @@ def test_credentials_in_any_url_are_refused_without_showing_them(tmp_path: Path)
                           "data_url": "http://u:data-pw-789@127.0.0.1:9080",
                           "status_url": "http://:st-pw-000@127.0.0.1:7085",
                           "metrics_url": "ftp://x:m-pw-111@h:99999/metrics",
-                          "etcd_endpoint": "http://tok-222@127.0.0.1:2379"}]}
+                          "etcd_endpoint": "http://tok-222@127.0.0.1:2379"},
+                         {"name": "gw2", "admin_url": "http://u:sl/ash#hash-444@127.0.0.1:9180",
+                          "data_url": "no-scheme:colon-555@127.0.0.1:9080"}]}
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, data))
     found = dict(info.value.details)
     assert set(found) == {"etcd.endpoints[0]", "gateways[0].admin_url", "gateways[0].data_url",
                           "gateways[0].status_url", "gateways[0].metrics_url",
-                          "gateways[0].etcd_endpoint"}
+                          "gateways[0].etcd_endpoint", "gateways[1].admin_url",
+                          "gateways[1].data_url"}
     assert found["etcd.endpoints[0]"] == (
         "https://<credentials>@127.0.0.1:2379: credentials in a URL are not accepted (they "
         "would end up in logs and on the status page); use etcd.auth (username, "
@@ -252,7 +255,7 @@ def test_credentials_in_any_url_are_refused_without_showing_them(tmp_path: Path)
     assert "use admin_key_file or admin_key_env" in found["gateways[0].admin_url"]
     text = str(info.value)
     for secret in ("etcd-pw-123", "adm-pw-456", "data-pw-789", "st-pw-000", "m-pw-111",
-                   "tok-222", "usr-333", "admin:"):
+                   "tok-222", "usr-333", "admin:", "sl/ash", "hash-444", "colon-555"):
         assert secret not in text
 
 
@@ -306,6 +309,13 @@ def test_non_regular_files_are_refused(tmp_path: Path) -> None:
         "etcd.tls.key_file": f"cannot read {tmp_path / 'absent.pem'}: No such file or directory",
         "gateways[0].admin_key_file": f"{fifo} is a FIFO: give the path of a regular file",
     }
+
+
+def test_config_file_that_is_a_fifo_is_refused_not_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "watchdog.yml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=f"^config file {fifo} is a FIFO: give the path"):
+        load_config(fifo)
 
 
 def test_cert_without_key_names_the_missing_key(tmp_path: Path) -> None:
