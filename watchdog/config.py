@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -566,8 +567,8 @@ def _cross_checks(data: dict[Any, Any]) -> list[tuple[str, str]]:
     if interval and timeout and timeout >= interval:
         problems.append(("etcd.timeout", _timeout_problem(timeout, interval, "etcd.interval")))
     tls = etcd.get("tls")
-    if isinstance(tls, dict) and tls.get("insecure_skip_verify") is True \
-            and etcd.get("grpc_probes", True) is True:
+    if isinstance(tls, dict) and _flag(tls.get("insecure_skip_verify"), False) \
+            and _flag(etcd.get("grpc_probes"), True):
         problems.append(("etcd.tls.insecure_skip_verify",
                          "applies to the JSON gateway only, and the gRPC probes always verify "
                          "the certificate: give the etcd CA as etcd.tls.ca_file, or set "
@@ -593,6 +594,20 @@ def _cross_checks(data: dict[Any, Any]) -> list[tuple[str, str]]:
             else:
                 names[name] = i
     return problems
+
+
+_BOOL = TypeAdapter(bool)
+
+
+def _flag(value: object, default: bool) -> bool:
+    """A raw boolean as pydantic reads it (true, yes, on, 1, ...); unreadable: False, and
+    the validators name the key."""
+    if value is None:
+        return default
+    try:
+        return _BOOL.validate_python(value)
+    except ValidationError:
+        return False
 
 
 def _timeout_problem(timeout: float, interval: float, source: str) -> str:

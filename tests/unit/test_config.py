@@ -407,6 +407,8 @@ def test_insecure_skip_verify_with_grpc_probes_is_an_error(tmp_path: Path) -> No
     assert "etcd.grpc_probes: false" in found["etcd.tls.insecure_skip_verify"]
     config = load_config(write(tmp_path, {"etcd": {**etcd, "grpc_probes": False}}))
     assert config.etcd.tls is not None and config.etcd.tls.insecure_skip_verify
+    spelled = {**etcd, "tls": {"insecure_skip_verify": "yes"}, "grpc_probes": "on"}
+    assert list(problems(tmp_path, {"etcd": spelled})) == ["etcd.tls.insecure_skip_verify"]
 
 
 def test_gateway_without_data_url_warns_while_smoke_is_on(tmp_path: Path) -> None:
