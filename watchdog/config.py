@@ -217,7 +217,10 @@ MetricsUrl = _url_type(query_ok=True)
 def _resolve(path: Path, info: ValidationInfo) -> Path:
     """Relative paths are relative to the config file's folder, not the working directory."""
     base = (info.context or {}).get("base_dir")
-    path = path.expanduser()
+    try:
+        path = path.expanduser()
+    except RuntimeError as err:  # ~user unknown, or no home directory
+        raise ValueError(f"{path}: {err}") from None
     return path if path.is_absolute() or base is None else Path(base) / path
 
 
@@ -254,12 +257,19 @@ def _writable_dir(path: Path, info: ValidationInfo) -> Path:
 
 
 def _dir_problem(path: Path) -> str | None:
+    """Why this user could not keep files in `path`, or None."""
     probe = path
-    while not probe.exists():
-        if probe.parent == probe:
+    while True:
+        try:
+            mode = probe.stat().st_mode
             break
-        probe = probe.parent
-    if not probe.is_dir():
+        except (FileNotFoundError, NotADirectoryError):
+            if probe.parent == probe:
+                return f"{path} cannot be created: no existing parent"
+            probe = probe.parent
+        except OSError as err:
+            return f"{path} cannot be reached: {probe}: {err.strerror}"
+    if not stat.S_ISDIR(mode):
         return f"{path} cannot be created: {probe} is not a directory"
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "is not writable" if probe == path else f"cannot be created in {probe}"
@@ -309,17 +319,24 @@ def _first_line(text: str) -> tuple[str, int]:
 
 
 def read_secret(path: Path | None, env: str | None, what: str) -> SecretStr:
-    """A secret from a file (first non-empty line, stripped) or an environment variable."""
+    """A secret from a file or an environment variable: its first non-empty line, stripped."""
     if path is not None:
         return read_secret_file(path)[0]
     if env is not None:
-        if env not in os.environ:
-            raise ValueError(f"environment variable {env} for the {what} is not set")
-        secret, _ = _first_line(os.environ[env])
-        if not secret:
-            raise ValueError(f"environment variable {env} for the {what} is empty")
-        return SecretStr(secret)
+        return read_secret_env(env, what)[0]
     raise ValueError(f"give the {what} as a _file or an _env")
+
+
+def read_secret_env(env: str, what: str) -> tuple[SecretStr, list[str]]:
+    """The first non-empty line of an environment variable, and notes worth a warning."""
+    if env not in os.environ:
+        raise ValueError(f"environment variable {env} for the {what} is not set")
+    secret, extra = _first_line(os.environ[env])
+    if not secret:
+        raise ValueError(f"environment variable {env} for the {what} is empty")
+    notes = [f"only the first line of ${env} is used; its {extra} other non-empty "
+             "line(s) are ignored"] if extra else []
+    return SecretStr(secret), notes
 
 
 def _load_secret(file: Path | None, env: str | None, keys: tuple[str, str],
@@ -329,10 +346,13 @@ def _load_secret(file: Path | None, env: str | None, keys: tuple[str, str],
     try:
         if file is not None:
             secret, notes = read_secret_file(file)
-            return secret, [(key, note) for note in notes]
-        return read_secret(None, env, what), []
+        elif env is not None:
+            secret, notes = read_secret_env(env, what)
+        else:
+            raise ValueError(f"give the {what} as a _file or an _env")
     except ValueError as err:
         raise KeyedError([(key, str(err))]) from None
+    return secret, [(key, note) for note in notes]
 
 
 class Model(BaseModel):

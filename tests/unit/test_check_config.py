@@ -174,6 +174,7 @@ def test_root_only_files_are_found_when_running_as_another_user(shared_dir: Path
         (shared_dir / name).write_text(f"root-only-{name}\n")
         (shared_dir / name).chmod(0o400)  # root-owned: root can read it, nobody cannot
     (shared_dir / "state").mkdir(mode=0o755)  # root-owned: nobody cannot write there
+    (shared_dir / "private").mkdir(mode=0o700)  # nobody cannot even look inside
     path = write(shared_dir / "c.yml", {
         "etcd": {"endpoints": ["https://127.0.0.1:2379"],
                  "tls": {"ca_file": "ca.pem", "cert_file": "client.pem",
@@ -183,9 +184,18 @@ def test_root_only_files_are_found_when_running_as_another_user(shared_dir: Path
                       "data_url": "http://127.0.0.1:9080", "admin_key_file": "admin.key"}],
         "state_dir": "state"})
     path.chmod(0o644)
-    as_root, done = run_all([check_config_command([str(path)], cwd=shared_dir),
-                             check_config_command([str(path)], cwd=shared_dir, user=nobody)])
+    hidden = write(shared_dir / "hidden.yml", {"etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+                                               "state_dir": "private/state"})
+    hidden.chmod(0o644)
+    as_root, done, in_private = run_all([
+        check_config_command([str(path)], cwd=shared_dir),
+        check_config_command([str(path)], cwd=shared_dir, user=nobody),
+        check_config_command([str(hidden)], cwd=shared_dir, user=nobody)])
     assert as_root.returncode == 0, as_root.stderr
+    assert in_private.returncode == 2, in_private.stdout + in_private.stderr
+    assert problems(in_private.stderr) == {"state_dir": (
+        f"{shared_dir / 'private' / 'state'} cannot be reached: "
+        f"{shared_dir / 'private' / 'state'}: Permission denied")}
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     denied = "Permission denied"

@@ -280,6 +280,23 @@ def test_multi_line_admin_key_file_uses_the_first_non_empty_line(tmp_path: Path)
         "gateways[0].admin_key_file": f"{key} is empty"}
 
 
+def test_multi_line_secret_from_the_environment(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_TEST_KEY", "\n env-key \nmore\n")
+    monkeypatch.setenv("WATCHDOG_TEST_BLANK", " \n ")
+    gw = {"name": "gw", "admin_url": "http://127.0.0.1:9180", "data_url": "http://h:9080",
+          "admin_key_env": "WATCHDOG_TEST_KEY"}
+    config = load_config(write(tmp_path, {**MINIMAL, "gateways": [gw]}))
+    assert config.gateways[0].admin_key.get_secret_value() == "env-key"
+    assert config.warnings == [("gateways[0].admin_key_env", "only the first line of "
+                                "$WATCHDOG_TEST_KEY is used; its 1 other non-empty line(s) "
+                                "are ignored")]
+    blank = {**gw, "admin_key_env": "WATCHDOG_TEST_BLANK"}
+    assert problems(tmp_path, {**MINIMAL, "gateways": [blank]}) == {
+        "gateways[0].admin_key_env": "environment variable WATCHDOG_TEST_BLANK for the admin "
+                                     "key is empty"}
+
+
 def test_non_utf8_secret_names_key_and_path_but_no_byte(tmp_path: Path) -> None:
     pw = tmp_path / "pw.txt"
     pw.write_bytes(b"caf\xe9-zq\xff\n")
