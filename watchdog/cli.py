@@ -105,16 +105,44 @@ def main() -> None:
 
 
 @main.command("check-config")
-@click.argument("file", type=click.Path(path_type=Path))
-def check_config(file: Path) -> None:
-    """Validate FILE and print what it would watch.
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.option("--config", "--config.file", "config_file", type=click.Path(path_type=Path),
+              envvar="WATCHDOG_CONFIG", show_envvar=True,
+              help="YAML config file (instead of FILE).")
+@click.pass_context
+def check_config(ctx: click.Context, file: Path | None, config_file: Path | None) -> None:
+    """Validate FILE (or --config FILE, or $WATCHDOG_CONFIG) and print what it would watch.
 
+    \b
+    Beyond the checks `run` makes, the state_dir must be writable by this user. Warnings
+    (valid but probably not meant) go to stderr and leave the exit code alone.
     Exit 0 when valid; 2 with every problem and its key path when not.
     """
-    config = load_or_exit(file)
-    click.echo(f"{file}: valid")
+    path = _check_config_path(ctx, file, config_file)
+    try:
+        config = load_config(path, preflight=True, log_warnings=False)
+    except ConfigError as err:
+        fail_config(err)
+        return
+    for key, text in config.warnings:
+        click.echo(f"watchdog: warning: {key}: {text}", err=True)
+    click.echo(f"{path}: valid")
     for line in describe(config):
         click.echo(line)
+
+
+def _check_config_path(ctx: click.Context, file: Path | None, flag: Path | None) -> Path:
+    """FILE, else --config, else WATCHDOG_CONFIG; FILE and --config must not disagree."""
+    from_env = ctx.get_parameter_source("config_file") == click.core.ParameterSource.ENVIRONMENT
+    if file is not None:
+        if flag is not None and not from_env and flag != file:
+            raise click.UsageError(f"two config files given ({file} and --config {flag}): "
+                                   "give one")
+        return file
+    if flag is None:
+        raise click.UsageError("no config file: give FILE, --config FILE or set "
+                               "WATCHDOG_CONFIG")
+    return flag
 
 
 @main.command("run")

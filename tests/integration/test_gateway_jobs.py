@@ -61,7 +61,7 @@ def test_slow_admin_shows_its_delay_in_the_admin_histogram(
     keys = key_file(tmp_path, key)
     fast = sims.start(etcd_single, "fast", key)
     slow = sims.start(etcd_single, "slow", key, faults={"slow-admin"}, admin_delay=delay)
-    timing = {"interval": "250ms", "timeout": "2s"}
+    timing = {"interval": "500ms", "timeout": "450ms"}
     proc = run_watchdog(write_config(daemon_config(etcd_single, [
         gateway_entry(fast, keys, **timing), gateway_entry(slow, keys, **timing)])))
 
@@ -95,7 +95,7 @@ def test_gateway_state_smoke_lag_ready_and_auth_without_leaking_the_key(
     stale = sims.start(etcd_single, "stale", key, faults={"stale"})
     hang = sims.start(etcd_single, "hang", key, faults={"init-hang"})
     locked = sims.start(etcd_single, "locked", key)
-    timing = {"interval": "500ms", "timeout": "1s"}
+    timing = {"interval": "1s", "timeout": "900ms"}
     config = daemon_config(etcd_single, [
         gateway_entry(healthy, keys, **timing), gateway_entry(stale, keys, **timing),
         gateway_entry(hang, keys, **timing), gateway_entry(locked, wrong_keys, **timing),
