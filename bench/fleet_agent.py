@@ -9,7 +9,8 @@ they do; each call appends one JSON line to RECORDS.jsonl:
   and wall seconds of each cycle;
 - `snapshot_connections` (in the daemon's worker thread): wall and thread CPU seconds, and
   the number of sockets in the snapshot;
-- `generate_latest` as `/metrics` calls it: wall and thread CPU seconds, bytes.
+- `generate_latest` as the /metrics renderer calls it (once per cycle, in a worker
+  thread): wall and thread CPU seconds, bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import watchdog.etcd.job as job_module  # noqa: E402
-import watchdog.web as web_module  # noqa: E402
+import watchdog.render as render_module  # noqa: E402
 from watchdog.cli import main as cli_main  # noqa: E402
 
 
@@ -60,7 +61,7 @@ def install(records: Path) -> None:
 
     job_module.snapshot_connections = snapshot
 
-    original_render = web_module.generate_latest
+    original_render = render_module.generate_latest
 
     def generate_latest(registry):  # type: ignore[no-untyped-def]
         w0, c0 = time.perf_counter(), time.thread_time()
@@ -69,7 +70,7 @@ def install(records: Path) -> None:
              bytes=len(body), lines=body.count(b"\n"))
         return body
 
-    web_module.generate_latest = generate_latest
+    render_module.generate_latest = generate_latest
 
 
 if __name__ == "__main__":

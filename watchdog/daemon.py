@@ -17,6 +17,7 @@ from watchdog.etcd.job import EtcdJob
 from watchdog.events import log_changes
 from watchdog.metrics import make_registry
 from watchdog.reducer import Reducer
+from watchdog.render import Renderer
 from watchdog.scheduler import Job, run_every
 from watchdog.snapshot import Snapshot
 from watchdog.state import StateError, StateStore
@@ -49,6 +50,8 @@ class Daemon:
         )
         self.reducer = Reducer(config, self.tripwire, clock)
         self.registry, self.metrics = make_registry(self.snapshot, registry)
+        self.renderer = Renderer(self.registry, self.snapshot, config.etcd.interval,
+                                 self.metrics.renders.inc)
         self.state = StateStore(Path(config.state_dir))
         snapshot = self.snapshot
         self.etcd = EtcdJob(

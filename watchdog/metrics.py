@@ -58,6 +58,11 @@ class WatchdogMetrics:
             "Failed writes of the learned steady states to state_dir (check disk and "
             "permissions; the baseline is kept in memory).", registry=registry,
         )
+        self.renders = Counter(
+            "watchdog_metrics_renders",
+            "Renders of the /metrics page. One render serves every scrape of a poll cycle, "
+            "so this grows with cycles, not with scrapes.", registry=registry,
+        )
         self.build_info = Gauge(
             "watchdog_build_info", "watchdog build information.",
             ["version", "python"], registry=registry,

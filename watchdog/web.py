@@ -12,20 +12,16 @@ from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.openmetrics.exposition import (
-    CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
-)
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from watchdog import __version__
+from watchdog.render import Renderer
 from watchdog.snapshot import GatewayState, PeerState, Snapshot
 
 
 class Source(Protocol):
-    """What the web server reads: the registry to render and the latest snapshot."""
+    """What the web server reads: the /metrics renderer and the latest snapshot."""
 
-    registry: CollectorRegistry
+    renderer: Renderer
 
     def snapshot(self) -> Snapshot: ...
 
@@ -44,13 +40,15 @@ def make_app(source: Source, middlewares: Iterable[Middleware] = ()) -> web.Appl
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
-    registry = request.app[SOURCE_KEY].registry
-    if "application/openmetrics-text" in request.headers.get("Accept", ""):
-        body, ctype = generate_openmetrics(registry), OPENMETRICS_CONTENT_TYPE
-    else:
-        body, ctype = generate_latest(registry), CONTENT_TYPE_LATEST
-    resp = web.Response(body=body)
-    resp.headers["Content-Type"] = ctype
+    """The page of the latest poll cycle, rendered once for every scrape of it."""
+    renderer = request.app[SOURCE_KEY].renderer
+    page = await renderer.page("application/openmetrics-text" in request.headers.get("Accept", ""))
+    resp = web.Response(body=page.body)
+    resp.headers["Content-Type"] = page.content_type
+    resp.headers["Vary"] = "Accept-Encoding"
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        resp.body = await renderer.gzipped(page)
+        resp.headers["Content-Encoding"] = "gzip"
     return resp
 
 

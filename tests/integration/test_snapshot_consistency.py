@@ -11,8 +11,10 @@ breaks one of these equalities.
 
 from __future__ import annotations
 
+import gzip
 import threading
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -27,22 +29,37 @@ pytestmark = pytest.mark.integration
 
 PROBES = {("json", "range"), ("json", "status"), ("grpc", "range"), ("grpc", "status")}
 DURATION = 15.0
+MAX_SCRAPES = 3000
+
+
+def scan(text: str, names: set[str]) -> list[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of the samples of `names`: a line scan, cheap enough to check
+    every one of thousands of scrapes (label values here never hold commas or quotes)."""
+    out = []
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        name, _, rest = head.partition("{")
+        if name in names:
+            labels = dict(pair.split("=", 1) for pair in rest.rstrip("}").split(",") if pair)
+            out.append((name, {k: v.strip('"') for k, v in labels.items()}, float(value)))
+    return out
 
 
 def torn_peers(text: str) -> tuple[int, list[str]]:
     """(snapshot cycle, descriptions of every inconsistency in one scrape)."""
-    values = samples(text)
-    cycle = int(values[("watchdog_snapshot_cycle", frozenset())])
+    cycle = -1
     peer_cycle: dict[str, float] = {}
     calls: dict[tuple[str, str, str], float] = defaultdict(float)
-    for (name, labels), value in values.items():
-        label = dict(labels)
-        if name == "watchdog_etcd_peer_poll_cycle":
+    for name, label, value in scan(text, {
+            "watchdog_snapshot_cycle", "watchdog_etcd_peer_poll_cycle",
+            "watchdog_etcd_probe_duration_seconds_count", "watchdog_etcd_probe_failures_total"}):
+        if name == "watchdog_snapshot_cycle":
+            cycle = int(value)
+        elif name == "watchdog_etcd_peer_poll_cycle":
             peer_cycle[label["peer"]] = value
-        elif name in ("watchdog_etcd_probe_duration_seconds_count",
-                      "watchdog_etcd_probe_failures_total"):
+        else:
             calls[(label["peer"], label["api"], label["op"])] += value
-    problems = []
+    problems = [] if cycle >= 0 else ["no watchdog_snapshot_cycle"]
     for peer, polled in peer_cycle.items():
         if polled > cycle:
             problems.append(f"{peer}: cycle {polled} ahead of snapshot {cycle}")
@@ -71,12 +88,13 @@ def test_no_scrape_shows_a_peer_from_two_cycles(
         "endpoints": [etcd_cluster3.endpoints[0]], "interval": "250ms", "timeout": "200ms"}}))
     proc.wait_ready()
     wait_until(lambda: torn_peers(proc.metrics())[0] >= 2, timeout=10, what="two cycles")
+    renders_before = samples(proc.metrics())[("watchdog_metrics_renders_total", frozenset())]
     texts: list[str] = []
     lock = threading.Lock()
     deadline = time.monotonic() + DURATION
 
     def scrape() -> None:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and len(texts) < MAX_SCRAPES:
             status, body = http_get(proc.url + "/metrics", timeout=5)
             assert status == 200
             with lock:
@@ -97,3 +115,13 @@ def test_no_scrape_shows_a_peer_from_two_cycles(
           f"{len(torn)} inconsistencies")
     assert len(texts) >= 100 and len(cycles) >= 10, (len(texts), len(cycles))
     assert torn == []
+    # One render per cycle serves every scrape of it (a render may start just before the
+    # window and one more at its end).
+    renders = scan(texts[-1], {"watchdog_metrics_renders_total"})[0][2]
+    assert renders - renders_before <= len(cycles) + 2, (renders - renders_before, len(cycles))
+    # Prometheus asks for gzip: the same exposition, compressed.
+    request = urllib.request.Request(proc.url + "/metrics", headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert resp.headers["Content-Encoding"] == "gzip"
+        text = gzip.decompress(resp.read()).decode()
+    assert torn_peers(text)[1] == []
