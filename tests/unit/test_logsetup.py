@@ -81,3 +81,20 @@ def test_malformed_request_tracebacks_become_one_warning_line() -> None:
     line = LogfmtFormatter().format(rec)
     assert "level=warning" in line and "Invalid header token" in line
     assert "Traceback" not in line and "\n" not in line
+
+
+def test_accept_errors_are_one_line_and_rate_limited() -> None:
+    """asyncio's message when accept() runs out of file descriptors names the socket (its
+    fd changes): the rate limit keys on the first line, and the traceback goes."""
+    limit = RateLimit(burst=2)
+    lines = []
+    for fd in range(10):
+        rec = logging.LogRecord(
+            "asyncio", logging.ERROR, __file__, 1,
+            f"socket.accept() out of system resource\nsocket: <TransportSocket fd={fd}>", (),
+            (OSError, OSError(24, "Too many open files"), None))
+        if limit.filter(rec):
+            lines.append(LogfmtFormatter().format(rec))
+    assert len(lines) == 2
+    assert all("level=warning" in line and "Too many open files" in line for line in lines)
+    assert not any("Traceback" in line for line in lines)
