@@ -97,7 +97,7 @@ class Listener:
         self.by_transport: dict[object, GuardedConnection] = {}
         self.evicted = 0
         self.timed_out = 0
-        self.servers: list[asyncio.base_events.Server] = []
+        self.servers: list[asyncio.Server] = []
 
     def admit(self, conn: GuardedConnection) -> bool:
         """Make room for `conn` if needed; False when every slot serves a request."""
