@@ -343,7 +343,7 @@ class Daemon:
         from `config` on the same registry and status, and start them (which re-reads the
         state, so nothing learned is lost). Peers are re-discovered at the next poll."""
         await self.stop()
-        learned = {"tripwire": self.tripwire.to_dict()}
+        learned: dict[str, object] = {"tripwire": self.tripwire.to_dict()}
         moved = Path(config.state_dir) != Path(self.config.state_dir)
         self.config = config
         tw = config.tripwire

@@ -58,7 +58,7 @@ class Reloader(Collector):
             old = self.daemon.config
             try:
                 await self.daemon.reload(config)
-            except Exception as err:  # noqa: BLE001 - put the running config back, then report
+            except Exception as err:  # validated but could not start: put the old one back
                 log.error("config reload could not be applied, restoring the running config "
                           "error=%r", str(err)[:300])
                 await self.daemon.reload(old)

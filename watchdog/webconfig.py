@@ -24,9 +24,10 @@ asked for but never verified) are refused, since Python's TLS cannot ask without
 Basic auth covers every path except ``/healthz`` and ``/-/healthy``, which only ever answer
 ``ok`` and are what container health checks and liveness probes call without credentials
 (see docs/security.md). The file itself is re-read when it changes (``LiveWebConfig``), so
-a rotated password takes effect on the next request. TLS, when on, covers every path. The certificate, key and client CA are
-read again when their files change (checked at most once a second, on new handshakes), so a
-rotated certificate (cert-manager, a mounted Secret) is served without a restart.
+a rotated password takes effect on the next request. TLS, when on, covers every path. The
+certificate, key and client CA are read again when their files change (checked at most once
+a second, on new handshakes), so a rotated certificate (cert-manager, a mounted Secret) is
+served without a restart.
 """
 
 from __future__ import annotations

@@ -18,8 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.helpers import http_get, sample, wait_until
-from tests.helpers import require_tool
+from tests.helpers import http_get, require_tool, sample, wait_until
 from tests.integration.test_prometheus_e2e import Prometheus
 from watchdog.lab.cluster import EtcdCluster, free_port
 
