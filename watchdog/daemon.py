@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -23,10 +23,20 @@ from watchdog.snapshot import Snapshot
 from watchdog.state import StateError, StateStore
 from watchdog.tripwire import TripwireBank, TripwireSettings
 from watchdog.webconfig import WebServerConfig
+from watchdog.webserver import ServerLimits
 
 log = logging.getLogger(__name__)
 
 STATE_SAVE_INTERVAL = 60.0
+
+
+def make_tripwire(config: Config, clock: Callable[[], float]) -> TripwireBank:
+    tw = config.tripwire
+    return TripwireBank(
+        TripwireSettings(factor=tw.factor, warmup=tw.warmup, clear_factor=tw.clear_factor,
+                         hold=tw.hold, min_streams=tw.min_streams),
+        clock=clock,
+    )
 
 
 class Daemon:
@@ -40,26 +50,23 @@ class Daemon:
     ) -> None:
         self.config = config
         self.clock = clock
-        tw = config.tripwire
-        self.tripwire = TripwireBank(
-            TripwireSettings(
-                factor=tw.factor, warmup=tw.warmup, clear_factor=tw.clear_factor,
-                hold=tw.hold, min_streams=tw.min_streams,
-            ),
-            clock=clock,
-        )
+        self.tripwire = make_tripwire(config, clock)
         self.reducer = Reducer(config, self.tripwire, clock)
         self.registry, self.metrics = make_registry(self.snapshot, registry)
         self.renderer = Renderer(self.registry, self.snapshot, config.etcd.interval,
                                  self.metrics.renders.inc)
         self.state = StateStore(Path(config.state_dir))
-        snapshot = self.snapshot
-        self.etcd = EtcdJob(
-            config.etcd, targets=lambda: snapshot().targets,
-            up=lambda: [p.target for p in snapshot().peers.values() if p.up],
-        )
+        self.etcd = self._etcd_job()
         self.gateways: object | None = None
         self.tasks: list[asyncio.Task[None]] = []
+
+    def _etcd_job(self, discover_first: bool = False) -> EtcdJob:
+        snapshot = self.snapshot
+        return EtcdJob(
+            self.config.etcd, targets=lambda: snapshot().targets,
+            up=lambda: [p.target for p in snapshot().peers.values() if p.up],
+            discover_first=discover_first,
+        )
 
     def snapshot(self) -> Snapshot:
         """The latest snapshot: what every output reads."""
@@ -137,40 +144,78 @@ class Daemon:
         data = {"tripwire": self.tripwire.to_dict()}
         await asyncio.to_thread(self.save_state, data)
 
+    async def reload(self, config: Config) -> None:
+        """Apply a new config: stop the jobs (which flushes the learned state), rebuild them,
+        the reducer's settings and the trip wire from `config`, and start them (which
+        re-reads the state, so nothing learned is lost). The snapshot is kept: peers keep
+        their series and are re-discovered before the next poll; gateways no longer
+        configured leave it, new ones join it."""
+        await self.stop()
+        learned: dict[str, object] = {"tripwire": self.tripwire.to_dict()}
+        moved = Path(config.state_dir) != Path(self.config.state_dir)
+        self.config = config
+        self.tripwire = make_tripwire(config, self.clock)
+        self.state = StateStore(Path(config.state_dir))
+        if moved:
+            self.save_state(learned)
+        self.reducer.reconfigure(config, self.tripwire)
+        self.etcd = self._etcd_job(discover_first=True)
+        self.gateways = None
+        self.renderer.min_interval = config.etcd.interval
+        self.renderer.invalidate()
+        await self.start()
 
-async def serve(config: Config, listen: str, stop: asyncio.Event | None = None,
-                web_config: WebServerConfig | None = None) -> None:
-    """Run the daemon and its web server until SIGTERM/SIGINT (or `stop` is set); with a
-    web config, the server speaks TLS and/or asks for basic auth as it says."""
+
+async def serve(config: Config, listen: str | Sequence[str], stop: asyncio.Event | None = None,
+                web_config: WebServerConfig | None = None, *,
+                load: Callable[[], Config] | None = None, limits: ServerLimits | None = None,
+                telemetry_path: str = "/metrics") -> None:
+    """Run the daemon and its web server until SIGTERM/SIGINT (or `stop` is set). With a web
+    config, the server speaks TLS and/or asks for basic auth as it says; with `load`,
+    SIGHUP and POST /-/reload re-read the config through it."""
     from aiohttp import web
 
+    from watchdog.reload import Reloader
     from watchdog.web import make_app
+    from watchdog.webconfig import LiveWebConfig
+    from watchdog.webserver import KEEPALIVE_TIMEOUT, Listener, WebCollector
 
     daemon = Daemon(config)
+    reloader = Reloader(daemon, load)
     own_signals = stop is None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     if own_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    host, _, port = listen.rpartition(":")
-    middlewares = web_config.middlewares() if web_config else []
-    runner = web.AppRunner(make_app(daemon, middlewares), access_log=None,
-                           handle_signals=False)
+    addresses = [listen] if isinstance(listen, str) else list(listen)
+    live = LiveWebConfig(web_config) if web_config else None
+    app = make_app(daemon, [live.middleware] if live else [], telemetry_path=telemetry_path,
+                   reload=reloader.reload if load else None)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           keepalive_timeout=KEEPALIVE_TIMEOUT)
+    listener = Listener(lambda: runner.server(), limits or ServerLimits())  # type: ignore[misc]
+    app.on_response_prepare.append(listener.on_response_prepare)
     await runner.setup()
+    daemon.registry.register(WebCollector(listener, live))
+    daemon.registry.register(reloader)
     try:
-        ssl_context = web_config.ssl_context() if web_config else None
-        site = web.TCPSite(runner, host or "0.0.0.0", int(port), ssl_context=ssl_context)
-        await site.start()
-        log.info("listening address=%s %s", listen,
+        await listener.start(addresses, web_config.ssl_context() if web_config else None)
+        log.info("listening addresses=%s max_connections=%d read_header_timeout=%gs %s",
+                 ",".join(listener.bound()), listener.cap, listener.limits.read_header_timeout,
                  web_config.describe() if web_config else "tls=off basic_auth_users=0")
         await daemon.start()
+        reloader.started = True
+        if own_signals and load is not None:
+            loop.add_signal_handler(signal.SIGHUP, reloader.on_sighup)
         await stop.wait()
         log.info("shutting down")
     finally:
+        await listener.close()
         await daemon.stop()
         await runner.cleanup()
         if own_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a late SIGHUP must not kill us
     log.info("stopped cleanly")

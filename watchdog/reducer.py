@@ -246,6 +246,20 @@ class Reducer:
         self.clock = clock
         self.snapshot = initial(config, clock())
 
+    def reconfigure(self, config: Config, wires: TripwireBank) -> None:
+        """A reloaded config: new settings and trip wire; the snapshot keeps its peers and
+        the gateways still configured, drops the others and adds the new ones."""
+        self.settings = Settings.from_config(config)
+        self.wires = wires
+        old = self.snapshot.gateways
+        gateways = {}
+        for gw in config.gateways:
+            state = old.get(gw.name)
+            gateways[gw.name] = (_new_gateway(gw.name, gw.admin_url) if state is None
+                                 else replace(state, admin_url=gw.admin_url))
+        self.snapshot = replace(self.snapshot, factor=self.settings.factor,
+                                gateways=frozen_map(gateways))
+
     def apply(self, result: object) -> tuple[Snapshot, Snapshot]:
         """Apply one result; returns (previous, next) so callers can log what changed."""
         prev = self.snapshot

@@ -58,6 +58,10 @@ class Renderer:
         return (page.snapshot.cycle == snap.cycle
                 and self.clock() - page.rendered_at < self.min_interval)
 
+    def invalidate(self) -> None:
+        """The next scrape renders anew (after a reload, say)."""
+        self._pages.clear()
+
     async def page(self, openmetrics: bool = False) -> Page:
         """The page for the latest snapshot (rendered now only when the cached one is stale)."""
         page = self._pages.get(openmetrics)

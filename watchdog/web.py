@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from aiohttp import web
@@ -27,16 +27,44 @@ class Source(Protocol):
 
 
 SOURCE_KEY: web.AppKey[Source] = web.AppKey("source")
+RELOAD_KEY: web.AppKey[Callable[[], Awaitable[tuple[bool, str]]] | None] = web.AppKey("reload")
 
 
-def make_app(source: Source, middlewares: Iterable[Middleware] = ()) -> web.Application:
+def make_app(source: Source, middlewares: Iterable[Middleware] = (),
+             telemetry_path: str = "/metrics",
+             reload: Callable[[], Awaitable[tuple[bool, str]]] | None = None,
+             ) -> web.Application:
+    """The routes; `reload` (see watchdog.reload) backs POST /-/reload."""
     app = web.Application(middlewares=list(middlewares))
     app[SOURCE_KEY] = source
-    app.router.add_get("/metrics", handle_metrics)
+    app[RELOAD_KEY] = reload
+    app.router.add_get(telemetry_path, handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/-/healthy", handle_healthz)  # Prometheus' own names for the same
+    app.router.add_get("/-/ready", handle_readyz)
+    app.router.add_post("/-/reload", handle_reload)
     app.router.add_get("/", handle_index)
     return app
+
+
+async def handle_reload(request: web.Request) -> web.Response:
+    """Re-read the config file: 200 when applied; 500 naming the problem when the file is
+    bad (the running config is kept); 503 while the daemon is still starting."""
+    from watchdog.reload import NotReady
+
+    reload = request.app[RELOAD_KEY]
+    if reload is None:
+        return web.Response(status=500, text="reload is not available\n")
+    try:
+        ok, why = await reload()
+    except NotReady:
+        return web.Response(status=503, text="starting, try again\n",
+                            headers={"Retry-After": "1"})
+    if ok:
+        return web.Response(text="config reloaded\n")
+    return web.Response(status=500, text=f"config not reloaded, the running one is kept:\n"
+                                         f"{why}\n")
 
 
 async def handle_metrics(request: web.Request) -> web.Response:

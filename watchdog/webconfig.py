@@ -21,11 +21,13 @@ Differences from the exporter-toolkit, each a clear error rather than a silent c
 supported; ``client_auth_type`` RequestClientCert and RequireAnyClientCert (a certificate
 asked for but never verified) are refused, since Python's TLS cannot ask without verifying.
 
-Basic auth covers every path except ``/healthz``, which only ever answers ``ok`` and is what
-container health checks and liveness probes call without credentials (see
-docs/security.md). TLS, when on, covers every path. The certificate, key and client CA are
-read again when their files change (checked at most once a second, on new handshakes), so a
-rotated certificate (cert-manager, a mounted Secret) is served without a restart.
+Basic auth covers every path except ``/healthz`` and ``/-/healthy``, which only ever answer
+``ok`` and are what container health checks and liveness probes call without credentials
+(see docs/security.md). The file itself is re-read when it changes (``LiveWebConfig``), so
+a rotated password takes effect on the next request. TLS, when on, covers every path. The
+certificate, key and client CA are read again when their files change (checked at most once
+a second, on new handshakes), so a rotated certificate (cert-manager, a mounted Secret) is
+served without a restart.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ import base64
 import binascii
 import hashlib
 import logging
+import os
 import re
 import ssl
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -52,8 +55,8 @@ from watchdog.config import ConfigError, _location, read_yaml
 
 log = logging.getLogger(__name__)
 
-#: Paths answered without credentials even when basic auth is on.
-UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+#: Paths answered without credentials even when basic auth is on (liveness only).
+UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/-/healthy"})
 #: Response headers the web config may set (the exporter-toolkit's list).
 ALLOWED_HEADERS = (
     "Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options",
@@ -82,11 +85,13 @@ _UNSUPPORTED = {
 }
 _BCRYPT = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
 RELOAD_CHECK_INTERVAL = 1.0
-AUTH_CACHE_SIZE = 256
+AUTH_CACHE_SIZE = 256  # failed credentials remembered
+AUTH_GOOD_CACHE_SIZE = 64  # credentials that passed, in a cache of their own
+AUTH_QUEUE_LIMIT = 16  # password checks running or waiting; beyond that: 429
+AUTH_OUTCOMES = ("cached_ok", "cached_fail", "verified_ok", "verified_fail", "busy")
 _BCRYPT_CONCURRENCY = 2
-# A valid hash of a random password, checked for unknown users so that they cost as long
-# as known ones (no user enumeration by timing). Cost 10, the usual htpasswd -B default.
-_DUMMY_HASH = b"$2b$10$EwhT89ZLXyQGkVOBq3D4MeWBDpHdNgNs6cpMtwlmO/5w/Y91tjfN."
+_DUMMY_HASHES: dict[int, bytes] = {}
+_DUMMY_LOCK = threading.Lock()
 
 
 class _Strict(BaseModel):
@@ -221,9 +226,10 @@ class WebServerConfig:
         return out
 
     def describe(self) -> str:
-        tls = "off" if self.tls is None else (
-            f"on ({self.tls.min_version}+, client certificates: {self.tls.client_auth_type})")
-        return f"tls={tls} basic_auth_users={len(self.users)}"
+        tls = "tls=off" if self.tls is None else (
+            f"tls=on tls_min_version={self.tls.min_version} "
+            f"client_auth_type={self.tls.client_auth_type}")
+        return f"{tls} basic_auth_users={len(self.users)}"
 
 
 def load_web_config(path: Path | str) -> WebServerConfig:
@@ -375,18 +381,50 @@ def headers_middleware(headers: dict[str, str]) -> Callable[..., Awaitable[web.S
     return add_headers
 
 
+class AuthBusy(Exception):
+    """Too many password checks are waiting: answer 429 instead of queueing."""
+
+
+def dummy_hash(cost: int) -> bytes:
+    """A valid hash of a random password at `cost`, made once per cost: what an unknown
+    user's password is checked against, so that it costs as long as a known user's."""
+    import bcrypt
+
+    with _DUMMY_LOCK:
+        hashed = _DUMMY_HASHES.get(cost)
+        if hashed is None:
+            hashed = bcrypt.hashpw(os.urandom(18).hex().encode(), bcrypt.gensalt(cost))
+            _DUMMY_HASHES[cost] = hashed
+    return hashed
+
+
+def hash_cost(hashed: bytes) -> int:
+    return int(hashed.split(b"$")[2])
+
+
 class BasicAuth:
     """HTTP basic auth against bcrypt hashes, as the exporter-toolkit does it.
 
-    bcrypt is slow on purpose, so checks run in worker threads (at most two at a time: a
-    flood of bad credentials cannot starve the loop or the scrapes) and outcomes are cached
-    by a SHA-256 of (user, hash, password), never the password itself.
+    bcrypt is slow on purpose, so checks run in worker threads, at most two at a time,
+    with at most AUTH_QUEUE_LIMIT admitted (running or waiting): beyond that a request is
+    refused at once (429) rather than queued, so a flood of bad passwords can neither
+    starve the loop nor build a queue. Outcomes are cached by a SHA-256 of (user, hash,
+    password), never the password itself, in two caches: a credential that passed is
+    answered from its own cache without touching the bcrypt pool, and failed guesses,
+    however many, cannot push it out. Unknown users are checked against a dummy hash of
+    the configured users' cost (no user enumeration by timing).
     """
 
-    def __init__(self, users: dict[str, bytes]) -> None:
+    def __init__(self, users: dict[str, bytes], outcomes: dict[str, int] | None = None) -> None:
         self.users = dict(users)
-        self._cache: OrderedDict[bytes, bool] = OrderedDict()
+        cost = max((hash_cost(h) for h in self.users.values()), default=10)
+        self.dummy = dummy_hash(cost)
+        self._good: OrderedDict[bytes, None] = OrderedDict()
+        self._bad: OrderedDict[bytes, None] = OrderedDict()
         self._sem: asyncio.Semaphore | None = None
+        self._admitted = 0
+        #: outcome -> count: cached_ok, cached_fail, verified_ok, verified_fail, busy
+        self.outcomes = outcomes if outcomes is not None else dict.fromkeys(AUTH_OUTCOMES, 0)
 
     @staticmethod
     def _credentials(header: str) -> tuple[str, str] | None:
@@ -400,33 +438,133 @@ class BasicAuth:
         user, sep, password = decoded.partition(":")
         return (user, password) if sep else None
 
+    def _key(self, user: str, hashed: bytes | None, password: str) -> bytes:
+        return hashlib.sha256(b"\0".join(
+            (user.encode(), hashed or b"", password.encode()))).digest()
+
     async def check(self, user: str, password: str) -> bool:
+        """True for a right password; AuthBusy when too many checks are under way."""
         import bcrypt
 
         hashed = self.users.get(user)
-        key = hashlib.sha256(b"\0".join(
-            (user.encode(), hashed or b"", password.encode()))).digest()
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached and hashed is not None
+        key = self._key(user, hashed, password)
+        if key in self._good:
+            self._good.move_to_end(key)
+            self.outcomes["cached_ok"] += 1
+            return True
+        if key in self._bad:
+            self._bad.move_to_end(key)
+            self.outcomes["cached_fail"] += 1
+            return False
+        if self._admitted >= AUTH_QUEUE_LIMIT:
+            self.outcomes["busy"] += 1
+            raise AuthBusy
         if self._sem is None:
             self._sem = asyncio.Semaphore(_BCRYPT_CONCURRENCY)
-        async with self._sem:
-            ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(),
-                                         hashed or _DUMMY_HASH)
+        self._admitted += 1
+        try:
+            async with self._sem:
+                ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(),
+                                             hashed or self.dummy)
+        finally:
+            self._admitted -= 1
         ok = ok and hashed is not None
-        self._cache[key] = ok
-        while len(self._cache) > AUTH_CACHE_SIZE:
-            self._cache.popitem(last=False)
+        self.outcomes["verified_ok" if ok else "verified_fail"] += 1
+        cache, size = (self._good, AUTH_GOOD_CACHE_SIZE) if ok else (self._bad, AUTH_CACHE_SIZE)
+        cache[key] = None
+        while len(cache) > size:
+            cache.popitem(last=False)
         return ok
+
+    async def authorize(self, request: web.Request) -> web.Response | None:
+        """None when the request may pass; else the 401 or 429 to answer with."""
+        if request.path in UNAUTHENTICATED_PATHS:
+            return None
+        creds = self._credentials(request.headers.get("Authorization", ""))
+        try:
+            if creds is not None and await self.check(*creds):
+                return None
+        except AuthBusy:
+            log.warning("too many password checks under way, refusing with 429 limit=%s",
+                        AUTH_QUEUE_LIMIT)
+            return web.Response(status=429, text="Too Many Requests\n",
+                                headers={"Retry-After": "1"})
+        return web.Response(status=401, text="Unauthorized\n",
+                            headers={"WWW-Authenticate": 'Basic realm="watchdog"'})
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path in UNAUTHENTICATED_PATHS:
-            return await handler(request)  # type: ignore[no-any-return]
-        creds = self._credentials(request.headers.get("Authorization", ""))
-        if creds is None or not await self.check(*creds):
-            return web.Response(status=401, text="Unauthorized\n",
-                                headers={"WWW-Authenticate": 'Basic realm="watchdog"'})
+        refusal = await self.authorize(request)
+        if refusal is not None:
+            return refusal
         return await handler(request)  # type: ignore[no-any-return]
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1, -1)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class LiveWebConfig:
+    """The web config as the file says now: checked (mtime, size, inode) on each request,
+    as the exporter-toolkit re-reads it per request, and re-read when it changed. A new
+    bcrypt hash stops the old password at once; a file that no longer validates keeps the
+    last good config (logged). TLS settings need a restart, but the certificate files
+    themselves are reloaded in place (ReloadingTLS)."""
+
+    def __init__(self, config: WebServerConfig) -> None:
+        self.config = config
+        self.outcomes = dict.fromkeys(AUTH_OUTCOMES, 0)
+        self.auth = BasicAuth(config.users, self.outcomes) if config.users else None
+        self._stamp = _stamp(config.path)
+        self._lock: asyncio.Lock | None = None
+        self.reloads = {"success": 0, "failure": 0}
+
+    async def refresh(self) -> None:
+        """Re-read the file if it changed since the last look."""
+        stamp = _stamp(self.config.path)
+        if stamp == self._stamp:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp
+            try:
+                new = await asyncio.to_thread(load_web_config, self.config.path)
+                auth = self.auth
+                if new.users != self.config.users:
+                    auth = (await asyncio.to_thread(BasicAuth, new.users, self.outcomes)
+                            if new.users else None)
+            except ConfigError as err:
+                self.reloads["failure"] += 1
+                log.error("web config not reloaded, keeping the last good one: %s",
+                          str(err).replace("\n", ";"))
+                return
+            if new.tls != self.config.tls:
+                log.warning("web config: tls_server_config changed; restart watchdog to apply "
+                            "it (certificate files are reloaded in place)")
+            self.config, self.auth = replace(new, tls=self.config.tls), auth
+            self.reloads["success"] += 1
+            log.info("web config reloaded file=%s %s", self.config.path, self.config.describe())
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        await self.refresh()
+        headers = self.config.headers
+        auth = self.auth
+        refusal = await auth.authorize(request) if auth is not None else None
+        if refusal is not None:
+            refusal.headers.update(headers)
+            return refusal
+        try:
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers.update(headers)
+            raise
+        response.headers.update(headers)
+        return response

@@ -39,7 +39,7 @@ def setup() -> tuple[Renderer, list[str], Clock, object]:
 
 
 async def test_a_hundred_scrapes_of_one_cycle_cost_one_render() -> None:
-    renderer, threads, clock, (reducer, original, module) = setup()
+    renderer, threads, _, (reducer, original, module) = setup()
     try:
         reducer.apply(EtcdCycle(polls=(), before=Discovery((A,))))
         pages = await asyncio.gather(*(renderer.page() for _ in range(100)))
@@ -80,7 +80,7 @@ async def test_results_between_cycles_show_after_min_interval_and_formats_are_se
 
 
 async def test_gzip_is_made_once_per_render_and_is_the_same_page() -> None:
-    renderer, _, _, (reducer, original, module) = setup()
+    renderer, _, _, (_, original, module) = setup()
     try:
         page = await renderer.page()
         first = await renderer.gzipped(page)

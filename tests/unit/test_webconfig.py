@@ -210,9 +210,53 @@ async def test_bcrypt_runs_once_per_credential_and_unknown_users_cost_the_same(
     assert not await auth.check("prometheus", "wrong")
     assert len(calls) == 2  # cached
     assert not await auth.check("mallory", PASSWORD)
-    assert calls[-1] == webconfig._DUMMY_HASH  # an unknown user still pays for one bcrypt
-    # The cache never holds a password, only digests.
-    assert all(PASSWORD.encode() not in key for key in auth._cache)
+    assert calls[-1] == auth.dummy  # an unknown user still pays for one bcrypt
+    assert webconfig.hash_cost(auth.dummy) == webconfig.hash_cost(HASH.encode())
+    # The caches never hold a password, only digests.
+    assert all(PASSWORD.encode() not in key for key in [*auth._good, *auth._bad])
+    assert auth.outcomes == {"cached_ok": 1, "cached_fail": 1, "verified_ok": 1,
+                             "verified_fail": 2, "busy": 0}
+
+
+# A cost-12 hash of KNOWN_PASSWORD, made once (making it here would cost a second of CPU).
+COST12 = b"$2b$12$zzC7LVSHTxcUN80RqgxeJOFMMD2ED95uNQE.s5goPjdmPAk/yfwH6"
+KNOWN_PASSWORD = "timing-known-password"
+
+
+async def test_unknown_users_take_as_long_as_known_ones() -> None:
+    auth = BasicAuth({"prometheus": COST12})
+    assert webconfig.hash_cost(auth.dummy) == 12
+    known, unknown = [], []
+    loop = asyncio.get_running_loop()
+    for i in range(3):  # interleaved, so that a busy machine slows both alike
+        for user, times in (("prometheus", known), (f"nobody-{i}", unknown)):
+            started = loop.time()
+            assert not await auth.check(user, f"guess-{i}")
+            times.append(loop.time() - started)
+    ratio = sorted(unknown)[1] / sorted(known)[1]
+    # A cost-10 dummy against cost-12 users would make this about 0.25.
+    assert 0.5 < ratio < 2.0, (known, unknown)
+
+
+async def test_a_flood_cannot_push_the_good_credential_out(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    auth = BasicAuth({"prometheus": HASH.encode()})
+    assert await auth.check("prometheus", PASSWORD)
+    monkeypatch.setattr(webconfig, "AUTH_QUEUE_LIMIT", 10_000)
+    monkeypatch.setattr(bcrypt, "checkpw", lambda p, h: False)  # guesses, quickly
+    await asyncio.gather(*(auth.check("prometheus", f"guess-{i}") for i in range(1000)))
+    monkeypatch.setattr(bcrypt, "checkpw", lambda p, h: pytest.fail("bcrypt called"))
+    assert await auth.check("prometheus", PASSWORD)  # from the cache, no bcrypt
+    assert len(auth._bad) == webconfig.AUTH_CACHE_SIZE
+
+
+async def test_the_verification_queue_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = BasicAuth({"prometheus": HASH.encode()})
+    results = await asyncio.gather(
+        *(auth.check("prometheus", f"guess-{i}") for i in range(40)), return_exceptions=True)
+    busy = [r for r in results if isinstance(r, webconfig.AuthBusy)]
+    assert len(busy) == 40 - webconfig.AUTH_QUEUE_LIMIT
+    assert auth.outcomes["busy"] == len(busy)
 
 
 async def test_auth_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,7 +265,7 @@ async def test_auth_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     auth = BasicAuth({"prometheus": HASH.encode()})
     for i in range(10):
         await auth.check("prometheus", f"guess-{i}")
-    assert len(auth._cache) == 4
+    assert len(auth._bad) == 4
 
 
 # -- TLS and certificate rotation --------------------------------------------------------

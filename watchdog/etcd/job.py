@@ -56,8 +56,9 @@ class EtcdJob:
     """Polls every known peer; `targets` reads the peers to poll from the latest snapshot."""
 
     def __init__(self, config: EtcdConfig, targets: Callable[[], list[PeerTarget]],
-                 up: Callable[[], list[PeerTarget]]) -> None:
+                 up: Callable[[], list[PeerTarget]], discover_first: bool = False) -> None:
         self.config = config
+        self.discover_first = discover_first  # e.g. after a reload: the endpoints may differ
         self.targets = targets
         self.up = up
         self.http, self.grpc = etcd_clients(config)
@@ -75,9 +76,10 @@ class EtcdJob:
         targets = self.targets()
         before: Discovery | None = None
         discovery: asyncio.Task[tuple[list[PeerTarget], str]] | None = None
-        if not targets:
-            found, error = await discover(self.config, self.http, [])
+        if not targets or self.discover_first:
+            found, error = await discover(self.config, self.http, targets)
             before, targets = Discovery(tuple(found), error), found
+            self.discover_first = False
         elif self._needs_discovery(targets):
             discovery = asyncio.create_task(discover(self.config, self.http, targets))
         try:
