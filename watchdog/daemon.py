@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from watchdog.config import Config
 from watchdog.etcd.job import EtcdJob
 from watchdog.events import log_changes
-from watchdog.metrics import make_registry
+from watchdog.metrics import SnapshotCollector, make_registry
 from watchdog.reducer import Reducer
 from watchdog.render import Renderer
 from watchdog.scheduler import Job, run_every
@@ -52,9 +52,9 @@ class Daemon:
         self.clock = clock
         self.tripwire = make_tripwire(config, clock)
         self.reducer = Reducer(config, self.tripwire, clock)
-        self.registry, self.metrics = make_registry(self.snapshot, registry)
-        self.renderer = Renderer(self.registry, self.snapshot, config.etcd.interval,
-                                 self.metrics.renders.inc)
+        self.registry, self.metrics = make_registry(registry)
+        self.renderer = Renderer(self.registry, SnapshotCollector(self.snapshot), self.snapshot,
+                                 config.etcd.interval, self.metrics.renders.inc)
         self.state = StateStore(Path(config.state_dir))
         self.etcd = self._etcd_job()
         self.gateways: object | None = None

@@ -352,14 +352,14 @@ def _buckets(pairs: list[tuple[float, int]]) -> list[tuple[str, float]]:
 
 
 def make_registry(
-    latest: Callable[[], Snapshot], registry: CollectorRegistry | None = None
+    registry: CollectorRegistry | None = None,
 ) -> tuple[CollectorRegistry, WatchdogMetrics]:
-    """watchdog's metrics and the snapshot collector on `registry` (by default a fresh one
-    that also carries the process metrics)."""
+    """watchdog's own instrumented metrics on `registry` (by default a fresh one that also
+    carries the process metrics). The peer and gateway series come from a SnapshotCollector,
+    which `watchdog.render.Renderer` renders once per cycle beside this registry."""
     disable_created_metrics()  # *_created series only add noise for a scrape target
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=registry)
     metrics = WatchdogMetrics(registry)
-    registry.register(SnapshotCollector(latest))
     return registry, metrics

@@ -70,12 +70,13 @@ async def handle_reload(request: web.Request) -> web.Response:
 async def handle_metrics(request: web.Request) -> web.Response:
     """The page of the latest poll cycle, rendered once for every scrape of it."""
     renderer = request.app[SOURCE_KEY].renderer
-    page = await renderer.page("application/openmetrics-text" in request.headers.get("Accept", ""))
-    resp = web.Response(body=page.body)
-    resp.headers["Content-Type"] = page.content_type
+    gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+    body, content_type = await renderer.scrape(
+        "application/openmetrics-text" in request.headers.get("Accept", ""), gzipped)
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = content_type
     resp.headers["Vary"] = "Accept-Encoding"
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
-        resp.body = await renderer.gzipped(page)
+    if gzipped:
         resp.headers["Content-Encoding"] = "gzip"
     return resp
 

@@ -14,14 +14,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.test_reducer import A, Clock, make_reducer
 from watchdog.etcd.job import Discovery, EtcdCycle
 from watchdog.gateway.jobs import GatewayPoll
-from watchdog.metrics import make_registry
+from watchdog.metrics import SnapshotCollector, make_registry
 from watchdog.render import Renderer
 from watchdog.results import ProbeResult
 
 
 def setup() -> tuple[Renderer, list[str], Clock, object]:
     reducer, _, _ = make_reducer()
-    registry, metrics = make_registry(lambda: reducer.snapshot)
+    registry, metrics = make_registry()
     threads: list[str] = []
     clock = Clock()
     import watchdog.render as render_module
@@ -33,7 +33,8 @@ def setup() -> tuple[Renderer, list[str], Clock, object]:
         return original(reg)
 
     render_module.generate_latest = spy  # restored by the caller
-    renderer = Renderer(registry, lambda: reducer.snapshot, min_interval=5.0,
+    renderer = Renderer(registry, SnapshotCollector(lambda: reducer.snapshot),
+                        lambda: reducer.snapshot, min_interval=5.0,
                         on_render=metrics.renders.inc, clock=clock)
     return renderer, threads, clock, (reducer, original, render_module)
 
@@ -49,13 +50,15 @@ async def test_a_hundred_scrapes_of_one_cycle_cost_one_render() -> None:
         reducer.apply(EtcdCycle(polls=()))
         await asyncio.gather(*(renderer.page() for _ in range(50)))
         assert len(threads) == 2
-        text = (await renderer.page()).body.decode()
+        text = (await renderer.scrape())[0].decode()
         cycle = [s.value for f in text_string_to_metric_families(text) for s in f.samples
                  if s.name == "watchdog_snapshot_cycle"]
         assert cycle == [2.0]
+        # The process's own series are rendered at every scrape: the count is current.
         renders = [s.value for f in text_string_to_metric_families(text) for s in f.samples
                    if s.name == "watchdog_metrics_renders_total"]
         assert renders == [2.0]
+        assert len(threads) == 2
     finally:
         module.generate_latest = original
 
@@ -72,9 +75,11 @@ async def test_results_between_cycles_show_after_min_interval_and_formats_are_se
         clock.now += 0.2
         page = await renderer.page()
         assert len(threads) == 2 and b'watchdog_gateway_admin_success{' in page.body
-        om = await renderer.page(openmetrics=True)
-        assert om.content_type.startswith("application/openmetrics-text")
-        assert om.body.endswith(b"# EOF\n") and not page.body.endswith(b"# EOF\n")
+        om, content_type = await renderer.scrape(openmetrics=True)
+        assert content_type.startswith("application/openmetrics-text")
+        assert om.endswith(b"# EOF\n") and om.count(b"# EOF") == 1
+        assert b"watchdog_gateway_admin_success{" in om and b"watchdog_build_info" in om
+        assert not (await renderer.scrape())[0].endswith(b"# EOF\n")
     finally:
         module.generate_latest = original
 
@@ -86,5 +91,8 @@ async def test_gzip_is_made_once_per_render_and_is_the_same_page() -> None:
         first = await renderer.gzipped(page)
         assert await renderer.gzipped(page) is first
         assert gzip.decompress(first) == page.body
+        body, _ = await renderer.scrape(gzipped=True)
+        text = gzip.decompress(body)  # two members: the cached part, then the live part
+        assert text.startswith(page.body) and b"watchdog_metrics_renders_total" in text
     finally:
         module.generate_latest = original
