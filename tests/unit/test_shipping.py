@@ -617,6 +617,28 @@ def test_mounted_secrets_are_readable_by_the_agent_and_no_one_else() -> None:
     assert checked == {"Deployment", "DaemonSet", "Job"}  # the smoke Job among them
 
 
+def documented_jobs() -> list[dict[str, Any]]:
+    """The Job examples in docs/deploy-gate.md (Helm template expressions filled in)."""
+    text = (REPO / "docs" / "deploy-gate.md").read_text()
+    jobs = []
+    for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S):
+        for doc in yaml.safe_load_all(re.sub(r"\{\{.*?\}\}", "release", block)):
+            if isinstance(doc, dict) and doc.get("kind") == "Job":
+                jobs.append(doc)
+    return jobs
+
+
+def test_documented_jobs_can_read_their_secrets() -> None:
+    jobs = documented_jobs()
+    assert len(jobs) == 2  # the Helm hook and the Argo CD hook
+    for job in jobs:
+        mounts = secret_mounts(job)
+        assert mounts
+        for container, volume, mode in mounts:
+            assert secret_readable(pod(job), container, mode), \
+                f"docs/deploy-gate.md Job volume {volume}: mode {mode:#o} unreadable"
+
+
 @pytest.mark.parametrize(("change", "readable"), [
     ({}, True),
     ({"drop_fs_group": True}, False),                       # group root, UID 10001: no
