@@ -59,7 +59,9 @@ ensure_image_tools() {
   command -v podman >/dev/null || want+=(podman)
   command -v buildah >/dev/null || want+=(buildah)
   command -v pgrep >/dev/null || want+=(procps)
+  # go fetches prometheus-operator's CRDs (a Go module) for the manifest schema tests.
+  command -v go >/dev/null || want+=(golang-go)
   [ ${#want[@]} -eq 0 ] && return 0
   echo "installing ${want[*]} with apt (to build and run the container image in the tests)" >&2
-  apt_install "${want[@]}" || echo "warning: could not install ${want[*]}; the image test is skipped" >&2
+  apt_install "${want[@]}" || echo "warning: could not install ${want[*]}; the tests needing them are skipped" >&2
 }
