@@ -13,18 +13,25 @@
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Wheels for every runtime dependency first, in a layer of their own: a change to the
+# package's code rebuilds only the package's wheel. The final stage installs them offline.
+COPY pyproject.toml ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > requirements.txt \
+ && pip wheel --wheel-dir /wheels -r requirements.txt
+COPY README.md ./
 COPY watchdog ./watchdog
-# Wheels for the package and every runtime dependency; the final stage installs them offline.
-RUN pip wheel --wheel-dir /wheels .
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     WATCHDOG_HEALTHCHECK_URL=http://127.0.0.1:9817/healthz
 # A fixed, unprivileged UID/GID, matched by runAsUser/fsGroup in deploy/kubernetes.
 RUN groupadd --system --gid 10001 watchdog \

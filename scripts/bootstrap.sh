@@ -1,6 +1,7 @@
 # Sourced by scripts/demo and scripts/test: a project virtualenv with everything installed.
 # Works on a fresh Debian machine with Python 3.11: installs python3-venv (and, for the
-# tests, promtool, amtool and Alertmanager) with apt when they are missing.
+# tests, promtool, amtool and Alertmanager, Chromium, and podman, buildah and debootstrap
+# for the image) with apt when they are missing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,4 +52,19 @@ ensure_test_tools() {
   [ ${#want[@]} -eq 0 ] && return 0
   echo "installing ${want[*]} with apt (real Prometheus/promtool, Alertmanager/amtool and headless Chromium for the tests)" >&2
   apt_install "${want[@]}" || echo "warning: could not install ${want[*]}; tests needing them are skipped" >&2
+}
+
+ensure_image_tools() {
+  # The image test builds the Dockerfile with podman and runs it with buildah; the base image
+  # is made from Debian packages with debootstrap (see scripts/image).
+  local want=()
+  command -v debootstrap >/dev/null || want+=(debootstrap)
+  command -v podman >/dev/null || want+=(podman)
+  command -v buildah >/dev/null || want+=(buildah)
+  command -v pgrep >/dev/null || want+=(procps)
+  # go fetches prometheus-operator's CRDs (a Go module) for the manifest schema tests.
+  command -v go >/dev/null || want+=(golang-go)
+  [ ${#want[@]} -eq 0 ] && return 0
+  echo "installing ${want[*]} with apt (to build and run the container image in the tests)" >&2
+  apt_install "${want[@]}" || echo "warning: could not install ${want[*]}; the tests needing them are skipped" >&2
 }

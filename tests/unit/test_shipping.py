@@ -5,14 +5,18 @@ script pyproject declares, its base is pinned, and its health check works."""
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib.util
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
 import threading
 import tomllib
+from collections.abc import Callable, Iterator
+from copy import deepcopy
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,11 +25,13 @@ import click
 import pytest
 import yaml
 
+from tests.helpers import require_tool
 from watchdog.cli import main
 from watchdog.config import DEFAULT_LISTEN, config_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
+YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -212,14 +218,19 @@ CORE_KINDS = {"ConfigMap", "Secret", "Deployment", "DaemonSet", "Service", "Job"
 K8S_VERSIONS = ("1.29.0", "1.33.0")
 
 
-def manifests() -> list[tuple[str, dict[str, Any]]]:
-    """(file name, document) for every manifest in deploy/kubernetes."""
+@functools.cache
+def _parsed_manifests() -> tuple[tuple[str, dict[str, Any]], ...]:
     docs = []
     for path in sorted(DEPLOY.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
+        for doc in yaml.load_all(path.read_text(), Loader=YamlLoader):
             if doc is not None:
                 docs.append((path.name, doc))
-    return docs
+    return tuple(docs)
+
+
+def manifests() -> list[tuple[str, dict[str, Any]]]:
+    """(file name, document) for every manifest in deploy/kubernetes (a fresh copy)."""
+    return deepcopy(list(_parsed_manifests()))
 
 
 def find(kind: str, name: str | None = None) -> list[dict[str, Any]]:
@@ -234,8 +245,8 @@ def workloads() -> list[dict[str, Any]]:
 def test_every_manifest_has_the_basics() -> None:
     docs = manifests()
     kinds = {d["kind"] for _, d in docs}
-    assert {"Deployment", "DaemonSet", "Service", "ServiceMonitor", "PrometheusRule", "Job",
-            "ConfigMap", "Secret", "Kustomization"} <= kinds
+    assert {"Deployment", "DaemonSet", "Service", "ServiceMonitor", "PodMonitor",
+            "PrometheusRule", "Job", "ConfigMap", "Secret", "Kustomization"} <= kinds
     for name, doc in docs:
         assert doc.get("apiVersion") and doc.get("kind"), name
         if doc["kind"] != "Kustomization":
@@ -244,7 +255,8 @@ def test_every_manifest_has_the_basics() -> None:
 
 
 def test_core_manifests_validate_against_kubernetes_schemas() -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    import kubernetes_validate  # the test extra installs it
+
     checked = 0
     for name, doc in manifests():
         if doc["kind"] not in CORE_KINDS:
@@ -258,6 +270,214 @@ def test_core_manifests_validate_against_kubernetes_schemas() -> None:
                                      f"{list(err.path)}") from None
         checked += 1
     assert checked >= 8
+
+
+# -- Prometheus Operator objects against the operator's own CRD schemas --------------------
+
+# The CRDs ship in the operator's Go module; the module proxy serves it (checksummed by the Go
+# checksum database) and it is cached outside the checkout.
+OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
+OPERATOR_VERSION = "v0.85.0"
+OPERATOR_CRDS = "example/prometheus-operator-crd"
+OPERATOR_KINDS = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors",
+                  "PrometheusRule": "prometheusrules"}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("WATCHDOG_CACHE") or Path.home() / ".cache" / "watchdog")
+
+
+@pytest.fixture(scope="module")
+def operator_crds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """kind -> the CustomResourceDefinition the operator ships for it."""
+    go = require_tool("go")
+    workdir = tmp_path_factory.mktemp("gomod")  # no go.mod here: a plain module download
+    env = {**os.environ, "GOMODCACHE": str(cache_dir() / "gomod"), "GOFLAGS": "-modcacherw",
+           "GOTOOLCHAIN": "local"}
+    done = subprocess.run([go, "mod", "download", "-json", f"{OPERATOR_MODULE}@{OPERATOR_VERSION}"],
+                          capture_output=True, text=True, timeout=300, cwd=workdir, env=env,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    directory = Path(json.loads(done.stdout)["Dir"]) / OPERATOR_CRDS
+    crds = {}
+    for kind, plural in OPERATOR_KINDS.items():
+        crd = yaml.load((directory / f"monitoring.coreos.com_{plural}.yaml").read_text(),
+                        Loader=YamlLoader)
+        assert crd["kind"] == "CustomResourceDefinition" and crd["spec"]["names"]["kind"] == kind
+        crds[kind] = crd
+    return crds
+
+
+def structural_to_json_schema(node: Any) -> Any:
+    """An OpenAPI v3 structural schema as the API server applies it, in JSON Schema terms:
+    unknown fields are rejected (kubectl's default strict field validation) unless the schema
+    preserves them, `nullable` admits null, int-or-string admits both."""
+    if isinstance(node, list):
+        return [structural_to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: structural_to_json_schema(value) for key, value in node.items()}
+    if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out \
+            and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    if out.pop("nullable", False) and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if out.get("x-kubernetes-int-or-string") and "type" not in out and "anyOf" not in out:
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if out.get("x-kubernetes-list-type") == "set":
+        out["uniqueItems"] = True
+    pattern = out.get("pattern")
+    if isinstance(pattern, str) and pattern.startswith("^(?i)"):
+        out["pattern"] = "(?i)^" + pattern[5:]  # RE2 takes inline flags anywhere, Python first
+    return out
+
+
+def _unique_map_keys(validator: Any, keys: list[str], instance: Any, schema: dict[str, Any]
+                     ) -> Iterator[Any]:
+    """x-kubernetes-list-type: map: no two items share their key fields."""
+    import jsonschema
+
+    if not validator.is_type(instance, "array"):
+        return
+    seen: set[tuple[str, ...]] = set()
+    for item in instance:
+        if isinstance(item, dict):
+            key = tuple(json.dumps(item.get(k)) for k in keys)
+            if key in seen:
+                yield jsonschema.ValidationError(f"duplicate entry for keys {keys}: {key}")
+            seen.add(key)
+
+
+_validators: dict[tuple[str, str], Any] = {}
+
+
+def crd_validator(crd: dict[str, Any], api_version: str) -> Any:
+    key = (crd["spec"]["names"]["kind"], api_version)
+    if key not in _validators:
+        _validators[key] = _build_validator(crd, api_version)
+    return _validators[key]
+
+
+def _build_validator(crd: dict[str, Any], api_version: str) -> Any:
+    import jsonschema
+
+    group, _, version = api_version.partition("/")
+    assert group == crd["spec"]["group"], api_version
+    [served] = [v for v in crd["spec"]["versions"] if v["name"] == version]
+    assert served["served"] is True, f"{api_version} is not served"
+    schema = structural_to_json_schema(served["schema"]["openAPIV3Schema"])
+    # OpenAPI 3.0 schemas keep Draft 4's keyword meanings (a boolean exclusiveMinimum...).
+    cls = jsonschema.validators.extend(jsonschema.Draft4Validator,
+                                       {"x-kubernetes-list-map-keys": _unique_map_keys})
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def crd_problems(doc: dict[str, Any], crds: dict[str, dict[str, Any]]) -> list[str]:
+    """What the API server would reject in `doc` (CEL rules aside: these CRDs have none)."""
+    import kubernetes_validate
+
+    crd = crds[doc["kind"]]
+    problems = [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+                for e in crd_validator(crd, doc["apiVersion"]).iter_errors(doc)]
+    # The CRD schema leaves metadata to the API server's ObjectMeta: check it with that.
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap",
+                                          "metadata": doc.get("metadata")}, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            problems.append(f"metadata/{'/'.join(map(str, err.path))}: {err.message}")
+    return problems
+
+
+def test_operator_crds_have_no_rules_this_check_would_skip(
+        operator_crds: dict[str, dict[str, Any]]) -> None:
+    """CEL validation rules (x-kubernetes-validations) are not evaluated here: fail the day
+    a CRD grows one, rather than pass without it."""
+    for kind, crd in operator_crds.items():
+        assert "x-kubernetes-validations" not in json.dumps(crd), kind
+
+
+def test_operator_objects_validate_against_the_operators_crds(
+        operator_crds: dict[str, dict[str, Any]]) -> None:
+    checked = {kind: 0 for kind in OPERATOR_KINDS}
+    for name, doc in manifests():
+        if doc["kind"] in OPERATOR_KINDS:
+            problems = crd_problems(doc, operator_crds)
+            assert not problems, f"{name} {doc['kind']}/{doc['metadata']['name']}: {problems}"
+            checked[doc["kind"]] += 1
+    assert checked == {"ServiceMonitor": 1, "PodMonitor": 1, "PrometheusRule": 2}
+
+
+def test_servicemonitor_tls_example_validates(operator_crds: dict[str, dict[str, Any]]) -> None:
+    """The commented-out TLS and basic auth settings in servicemonitor.yaml, switched on."""
+    text = (DEPLOY / "servicemonitor.yaml").read_text()
+    block = text[text.index("# With TLS"):].splitlines()[1:]
+    commented = "\n".join(line.strip()[2:] for line in block if line.strip().startswith("# "))
+    extra = yaml.safe_load(commented)
+    assert set(extra) == {"scheme", "tlsConfig", "basicAuth"}
+    [monitor] = find("ServiceMonitor")
+    monitor["spec"]["endpoints"][0].update(extra)
+    assert crd_problems(monitor, operator_crds) == []
+
+
+@pytest.mark.parametrize(("kind", "mutate", "expected"), [
+    ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(prot="metrics"),
+     "Additional properties are not allowed ('prot'"),
+    ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(interval="30 seconds"),
+     "does not match"),
+    ("PodMonitor", lambda d: d["spec"].update(podMetricsEndpoints={"port": "metrics"}),
+     "is not of type 'array'"),
+    ("PodMonitor", lambda d: d["spec"].pop("selector"), "'selector' is a required property"),
+    ("PrometheusRule", lambda d: d["spec"]["groups"].append(d["spec"]["groups"][0]),
+     "duplicate entry for keys ['name']"),
+    ("PrometheusRule", lambda d: d["spec"]["groups"][0]["rules"][0].pop("expr"),
+     "'expr' is a required property"),
+    ("PrometheusRule", lambda d: d["metadata"].update(labels={"release": ["prometheus"]}),
+     "metadata/labels/release"),
+])
+def test_crd_validation_catches_mistakes(operator_crds: dict[str, dict[str, Any]], kind: str,
+                                         mutate: Callable[[dict[str, Any]], Any],
+                                         expected: str) -> None:
+    """The check can fail: each mistake, made in a copy of a real manifest, is reported."""
+    doc = find(kind)[0]
+    assert crd_problems(doc, operator_crds) == []
+    mutate(doc)
+    problems = crd_problems(doc, operator_crds)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_podmonitor_selects_the_agent_pods() -> None:
+    [monitor] = find("PodMonitor")
+    selector = monitor["spec"]["selector"]
+    selected = [w for w in workloads() if matches(selector, pod_labels(w))]
+    assert {w["metadata"]["name"] for w in selected} == {"watchdog", "watchdog-node"}
+    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+        assert endpoint["path"] == "/metrics"
+        for workload in selected:
+            ports = {p["name"] for c in pod(workload)["containers"] for p in c.get("ports", [])}
+            assert endpoint["port"] in ports, workload["metadata"]["name"]
+    # Either it or the ServiceMonitor, never both: each pod would be scraped twice.
+    kustomization = find("Kustomization")[0]["resources"]
+    assert not {"podmonitor.yaml", "servicemonitor.yaml"} <= set(kustomization)
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    return workload["spec"]["template"]["metadata"]["labels"]  # type: ignore[no-any-return]
+
+
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
 
 
 def test_servicemonitor_selects_the_services() -> None:
@@ -341,6 +561,104 @@ def mounted_config(workload: dict[str, Any]) -> tuple[str, list[str], list[str]]
     config = configs()[volume["configMap"]["name"]]
     assert key == "watchdog.yml"
     return config, container["args"], list(mounts)
+
+
+def secret_file_modes(volume: dict[str, Any]) -> list[int]:
+    """Permission bits of the files a secret volume (or a projected one's secrets) holds."""
+    sources = []
+    if "secret" in volume:
+        sources = [(volume["secret"], volume["secret"].get("defaultMode", 0o644))]
+    elif "projected" in volume:
+        default = volume["projected"].get("defaultMode", 0o644)
+        sources = [(s["secret"], default) for s in volume["projected"]["sources"] if "secret" in s]
+    return [item.get("mode", default) for source, default in sources
+            for item in source.get("items") or [{}]]
+
+
+def secret_readable(spec: dict[str, Any], container: dict[str, Any], mode: int) -> bool:
+    """Whether the container's process can read a secret file with these bits. The kubelet
+    writes them owned by root, group fsGroup when the pod sets one (group root otherwise);
+    not counted on: the group read bit it may add under fsGroup."""
+    image_uid, _, image_gid = of("USER")[-1].partition(":")
+    pod_context = spec.get("securityContext", {})
+    context = {**pod_context, **container.get("securityContext", {})}
+    uid = context.get("runAsUser", int(image_uid))
+    groups = {context.get("runAsGroup", int(image_gid or image_uid)),
+              *pod_context.get("supplementalGroups", [])}
+    fs_group = pod_context.get("fsGroup")
+    if fs_group is not None:
+        groups.add(fs_group)  # every container process gets fsGroup as a supplementary group
+    if uid == 0:
+        return True
+    if (fs_group if fs_group is not None else 0) in groups:
+        return bool(mode & 0o040)
+    return bool(mode & 0o004)
+
+
+def secret_mounts(workload: dict[str, Any]) -> list[tuple[dict[str, Any], str, int]]:
+    """(container, volume name, file mode) for every secret file a container mounts."""
+    spec = pod(workload)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    return [(container, mount["name"], mode)
+            for container in spec["containers"] for mount in container.get("volumeMounts", [])
+            for mode in secret_file_modes(volumes[mount["name"]])]
+
+
+def test_mounted_secrets_are_readable_by_the_agent_and_no_one_else() -> None:
+    checked = set()
+    for workload in workloads():
+        spec = pod(workload)
+        for container, volume, mode in secret_mounts(workload):
+            where = f"{workload['kind']}/{workload['metadata']['name']} volume {volume}"
+            assert secret_readable(spec, container, mode), \
+                f"{where}: mode {mode:#o} is not readable by the container's user"
+            assert not mode & 0o007, f"{where}: mode {mode:#o} lets every user read it"
+            checked.add(workload["kind"])
+    assert checked == {"Deployment", "DaemonSet", "Job"}  # the smoke Job among them
+
+
+def documented_jobs() -> list[dict[str, Any]]:
+    """The Job examples in docs/deploy-gate.md (Helm template expressions filled in)."""
+    text = (REPO / "docs" / "deploy-gate.md").read_text()
+    jobs = []
+    for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S):
+        for doc in yaml.safe_load_all(re.sub(r"\{\{.*?\}\}", "release", block)):
+            if isinstance(doc, dict) and doc.get("kind") == "Job":
+                jobs.append(doc)
+    return jobs
+
+
+def test_documented_jobs_can_read_their_secrets() -> None:
+    jobs = documented_jobs()
+    assert len(jobs) == 2  # the Helm hook and the Argo CD hook
+    for job in jobs:
+        mounts = secret_mounts(job)
+        assert mounts
+        for container, volume, mode in mounts:
+            assert secret_readable(pod(job), container, mode), \
+                f"docs/deploy-gate.md Job volume {volume}: mode {mode:#o} unreadable"
+
+
+@pytest.mark.parametrize(("change", "readable"), [
+    ({}, True),
+    ({"drop_fs_group": True}, False),                       # group root, UID 10001: no
+    ({"drop_fs_group": True, "default_mode": 0o444}, True),  # world-readable instead
+    ({"default_mode": 0o400}, False),                       # owner root only
+    ({"run_as_group_0": True, "drop_fs_group": True}, True),
+])
+def test_secret_readability_model(change: dict[str, Any], readable: bool) -> None:
+    """The check above can fail: the smoke Job's secrets under other pod settings."""
+    [job] = find("Job")
+    spec = pod(job)
+    if change.get("drop_fs_group"):
+        del spec["securityContext"]["fsGroup"]
+    if change.get("run_as_group_0"):
+        spec["securityContext"]["runAsGroup"] = 0
+    for volume in spec["volumes"]:
+        if "secret" in volume and "default_mode" in change:
+            volume["secret"]["defaultMode"] = change["default_mode"]
+    results = {secret_readable(spec, c, mode) for c, _, mode in secret_mounts(job)}
+    assert results == {readable}
 
 
 def test_workload_volumes_exist() -> None:
