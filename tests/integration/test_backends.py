@@ -57,6 +57,8 @@ def antietcd_binary() -> str | None:
 
 
 def kine_binary() -> str | None:
+    if os.environ.get("KINE_BIN"):
+        return os.environ["KINE_BIN"]
     for path in sorted(SERVERS.glob("kine-*/kine")):
         if ".tmp" not in path.parent.name and os.access(path, os.X_OK):
             return str(path)

@@ -130,9 +130,9 @@ def test_antietcd_cluster_member_ids_are_names() -> None:
 
 
 def test_kine_by_its_empty_status_header() -> None:
-    # kine's Status (pkg/server/maintenance.go): empty header, the emulated version.
-    status = EtcdStatus(version="3.6.11", member_id="", leader="", db_size=32768,
-                        raft_term=None, raft_index=None, revision=None)
+    # kine 0.17.5's gRPC Status (as JSON): an empty header and the emulated version.
+    status = status_of(BACKENDS / "kine-0.17.5_grpc_status.json")
+    assert (status.version, status.member_id, status.raft_term) == ("3.6.11", "", None)
     found = identify(evidence(status=status, json_answered=False, grpc_answered=True))
     assert found.backend == KINE
     assert found.version is None  # 3.6.11 is what kine emulates, not what it is
@@ -140,9 +140,12 @@ def test_kine_by_its_empty_status_header() -> None:
 
 
 def test_kine_by_its_metric_families() -> None:
-    page = b"# HELP kine_sql_total x\n# TYPE kine_sql_total counter\nkine_sql_total 3\n"
-    found = identify(Evidence(metric_families=families_present(page, MARKER_FAMILIES)))
+    # The page on kine's --metrics-bind-address port, should someone point watchdog there.
+    found = identify(evidence(page=BACKENDS / "kine-0.17.5-metrics-port.200.metrics",
+                              json_answered=None, grpc_answered=None))
     assert found.backend == KINE
+    assert not is_etcd_page(families_present(
+        (BACKENDS / "kine-0.17.5-metrics-port.200.metrics").read_bytes(), MARKER_FAMILIES))
 
 
 def test_etcd_adapter_by_its_hard_coded_version() -> None:
