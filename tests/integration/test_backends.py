@@ -25,7 +25,13 @@ from watchdog.etcd.backend import ANTIETCD, ETCD, GRPC, JSON, KINE, METRICS, WAT
 from watchdog.etcd.client import SPEAKS_PLAIN, SPEAKS_TLS, EtcdHttp
 from watchdog.etcd.peers import PeerPoll, PeerTarget, poll_peer
 from watchdog.etcd.probes import GrpcProber
-from watchdog.lab.cluster import EtcdCluster, etcd_version, find_etcd, free_port
+from watchdog.lab.cluster import (
+    EtcdCluster,
+    EtcdNotFoundError,
+    etcd_version,
+    find_etcd,
+    free_port,
+)
 from watchdog.results import Reason
 
 pytestmark = pytest.mark.integration
@@ -37,11 +43,11 @@ SERVERS = Path(os.environ.get("WATCHDOG_CACHE", Path.home() / ".cache" / "watchd
 def etcd_binaries() -> list[str]:
     """One etcd binary per release found on this machine ($ETCD_BIN included)."""
     found: dict[str, str] = {}
-    candidates = sorted(SERVERS.glob("etcd-*/etcd")) + [Path("/usr/bin/etcd")]
+    candidates = [*sorted(SERVERS.glob("etcd-*/etcd")), Path("/usr/bin/etcd")]
     try:
         candidates.append(Path(find_etcd()))
-    except Exception:  # noqa: BLE001 - no etcd at all is a skip, below
-        pass
+    except EtcdNotFoundError:
+        pass  # no etcd at all: the release test skips
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             version = etcd_version(str(path))
@@ -181,13 +187,13 @@ async def test_prometheus_text_that_is_not_etcd_is_not_a_peer() -> None:
     page = b"# TYPE process_open_fds gauge\nprocess_open_fds 9\nnode_load1 0.1\n"
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.end_headers()
             self.wfile.write(page)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self.send_response(404)
             self.end_headers()
 

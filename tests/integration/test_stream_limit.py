@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.test_backends import SERVERS, config, etcd_binaries
-from tests.integration.test_etcd_probes import watch_load, watch_streams, wait_for
+from tests.integration.test_etcd_probes import wait_for, watch_load, watch_streams
 from watchdog.etcd.client import EtcdHttp
 from watchdog.etcd.exposure import has_stream_flag
 from watchdog.etcd.peers import PeerTarget, poll_peer
