@@ -151,7 +151,16 @@ async def test_antietcd(tmp_path: Path) -> None:
     port = free_port()
     with process([binary, "--ip", "127.0.0.1", "--port", str(port)], port, tmp_path):
         url = f"http://127.0.0.1:{port}"
-        first, second = await polls(url)
+        async with clients() as (http, grpc):
+            first = await poll_peer(PeerTarget(url, url), config(url), http, grpc, None, 5)
+            # Same client (it remembers the backend), a fresh gRPC prober: once antietcd
+            # is known, no gRPC call is even attempted.
+            fresh = GrpcProber()
+            try:
+                second = await poll_peer(PeerTarget(url, url), config(url), http, fresh, None, 5)
+                assert fresh._peers == {}  # no channel was ever made
+            finally:
+                fresh.close()
     for poll in (first, second):
         assert poll.up and poll.backend == ANTIETCD and poll.version.startswith("1.")
         # No /metrics and no gRPC: neither a failure nor "down", just not there.
@@ -299,3 +308,22 @@ async def test_status_refused_to_a_non_root_user(tmp_path: Path) -> None:
         assert "root role" in status.detail and "3.6.0-3.6.11" in status.detail
     assert poll.backend == ETCD and poll.version == etcd_version(binary)
 
+
+
+async def test_a_known_backend_that_goes_down_counts_no_transport_it_lacks(
+        tmp_path: Path) -> None:
+    binary = antietcd_binary()
+    if binary is None:
+        pytest.skip("antietcd not installed (scripts/servers)")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    async with clients() as (http, grpc):
+        with process([binary, "--ip", "127.0.0.1", "--port", str(port)], port, tmp_path):
+            up = await poll_peer(PeerTarget(url, url), config(url), http, grpc, None, 5)
+        down = await poll_peer(PeerTarget(url, url), config(url), http, grpc, None, 5)
+        with process([binary, "--ip", "127.0.0.1", "--port", str(port)], port, tmp_path):
+            back = await poll_peer(PeerTarget(url, url), config(url), http, grpc, None, 5)
+    assert up.up and back.up and not down.up
+    assert down.reason is Reason.REFUSED and down.backend == ANTIETCD
+    for poll in (up, down, back):
+        assert {r.api for r in poll.probes} == {"json"}, poll.probes

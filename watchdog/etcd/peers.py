@@ -97,6 +97,7 @@ class PeerFacts:
     """What earlier polls learned about one peer URL (kept in EtcdHttp.facts)."""
 
     identity: Identity | None = None
+    verify: bool = False  # the last poll got no answer: ask everything next time
     learner: StreamLimitLearner = field(default_factory=StreamLimitLearner)
 
 
@@ -207,7 +208,9 @@ async def poll_peer(
         grpc.refresh_tls()
     facts = peer_facts(http, target.url)
     known = facts.identity
-    skip = known.unavailable if known is not None else frozenset()
+    # After a poll without an answer, ask everything once more: it may be another server.
+    verify = known is None or facts.verify
+    skip = frozenset() if verify or known is None else known.unavailable
 
     async def scrape_page() -> tuple[PeerMetrics | None, ProbeResult | None, frozenset[str]]:
         # Parsed as soon as it arrives, so the page (~150 KB) is not held while the probes
@@ -230,7 +233,7 @@ async def poll_peer(
     ask_json = JSON not in skip
     ask_grpc = grpc is not None and GRPC not in skip
     calls: list[Awaitable[ProbeResult | None]] = [
-        http.version(target.url, timeout=timeout) if ask_json and known is None else nothing(),
+        http.version(target.url, timeout=timeout) if ask_json and verify else nothing(),
     ]
     if ask_json:
         calls += [http.range_count(target.url, config.probe_key, timeout=timeout),
@@ -246,11 +249,12 @@ async def poll_peer(
     ev = _evidence(probes, version_result, scrape, families, ask_json, ask_grpc)
     identity = identify(ev)
     answered = any(_answered(r) for r in probes)
-    if identity.backend == UNKNOWN and known is not None and answered:
-        identity = known  # what was skipped would have told; keep what we knew
-    if not answered:
-        facts.identity = None  # ask everything again next time: it may be another server
-    elif identity.backend != UNKNOWN:
+    if identity.backend == UNKNOWN and known is not None:
+        # Too little to tell (what was skipped would have; or nothing answers): keep what
+        # was known, so a down antietcd does not count gRPC failures it never could avoid.
+        identity = known
+    facts.verify = not answered
+    if answered and identity.backend != UNKNOWN:
         if known is not None and known.backend != identity.backend:
             log.info("peer backend changed peer=%s from=%s to=%s", target.name,
                      known.backend, identity.backend)
