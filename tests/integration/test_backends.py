@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import socket
 import subprocess
@@ -327,3 +328,39 @@ async def test_a_known_backend_that_goes_down_counts_no_transport_it_lacks(
     assert down.reason is Reason.REFUSED and down.backend == ANTIETCD
     for poll in (up, down, back):
         assert {r.api for r in poll.probes} == {"json"}, poll.probes
+
+
+@pytest.mark.parametrize("shape", [
+    {"status": {"header": "x", "version": 3}, "range": {"header": {}, "kvs": 5}},
+    {"status": {"header": {"member_id": [1]}}, "range": {"count": "many", "header": {}}},
+    {"status": ["not", "an", "object"], "range": "text"},
+    {"status": {}, "range": {}},  # JSON, but no etcd answer at all
+])
+async def test_half_an_api_or_garbage_is_a_reason_never_a_crash(
+        shape: dict[str, object]) -> None:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = shape["status" if "status" in self.path else "range"]
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (poll,) = await polls(f"http://127.0.0.1:{server.server_address[1]}", n=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not poll.up and poll.reason is Reason.PROTOCOL
+    json_results = [r for r in poll.probes if r.api == "json"]
+    assert json_results and all(r.reason is Reason.PROTOCOL for r in json_results), json_results
+    assert poll.member_id == "" and poll.metrics is None
