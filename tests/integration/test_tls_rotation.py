@@ -4,6 +4,7 @@ server certificate. The same clients keep polling; nothing is recreated."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tests.integration.test_backends import config
 from watchdog.etcd.client import EtcdHttp
 from watchdog.etcd.peers import PeerTarget, poll_peer
 from watchdog.etcd.probes import GrpcProber
+from watchdog.etcd.tlsfiles import CHECK_INTERVAL
 from watchdog.lab.cluster import EtcdCluster
 
 pytestmark = pytest.mark.integration
@@ -69,6 +71,9 @@ async def test_ca_rotation_and_client_cert_renewal(
         write_atomically(ca, bundle)
         write_atomically(cert, client2.cert_chain_pems[0].bytes())
         write_atomically(key, client2.private_key_pem.bytes())
+        # Files are looked at no more often than CHECK_INTERVAL; real polls are seconds
+        # apart, this test's could be closer.
+        await asyncio.sleep(CHECK_INTERVAL + 0.05)
         after = await poll_peer(target, cfg, http, grpc, None, 5)
         assert after.up and all(r.ok for r in after.probes), after.probes
 
@@ -76,6 +81,7 @@ async def test_ca_rotation_and_client_cert_renewal(
         # certificate gets in, and only a client that re-read it still polls.
         files.ca_file.write_bytes(ca2.cert_pem.bytes())
         cluster.restart_member(0)
+        await asyncio.sleep(CHECK_INTERVAL + 0.05)
         last = await poll_peer(target, cfg, http, grpc, None, 5)
         assert last.up and all(r.ok for r in last.probes), last.probes
 

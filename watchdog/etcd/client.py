@@ -367,7 +367,7 @@ class EtcdHttp:
 
     def refresh_tls(self) -> bool:
         """Rebuild the SSL context when the CA, certificate or key changed on disk (a
-        cheap stat, at most once a second); True when new material is in use. Material
+        cheap stat, at most once per CHECK_INTERVAL); True when new material is in use. Material
         that does not load (a file half written) is ignored until it changes again."""
         if not self._tls_files.changed():
             return False

@@ -216,7 +216,7 @@ class GrpcProber:
 
     def refresh_tls(self) -> bool:
         """Use new TLS material for new channels when the files changed on disk (a cheap
-        stat, at most once a second); True when they did. Event-loop side, never blocks."""
+        stat, at most once per CHECK_INTERVAL); True when they did. Event-loop side, never blocks."""
         with self._retired_lock:
             retired, self._retired = self._retired, []
         for client in retired:

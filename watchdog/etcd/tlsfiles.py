@@ -1,8 +1,9 @@
 """Notice when TLS files change on disk (CA rotated, client certificate renewed).
 
 Clients build their SSL context or gRPC credentials once and ask `changed()` before a
-poll; it stats the files (mtime, size, inode) at most once per `min_interval`, so a
-cycle over hundreds of peers costs one look. Nothing is read here: the client rebuilds
+poll; it stats the files (mtime, size, inode) at most once per `min_interval` (a quarter
+second: the peers of one cycle start polling together), so a cycle over hundreds of peers
+costs one look. Nothing is read here: the client rebuilds
 from the files itself and keeps its old material when the new one does not load (a
 half-written file is seen again at the next check).
 """
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 
 Signature = tuple[tuple[int, int, int] | None, ...]
+CHECK_INTERVAL = 0.25
 
 
 class TlsFiles:
@@ -22,7 +24,7 @@ class TlsFiles:
     def __init__(
         self,
         *paths: str | None,
-        min_interval: float = 1.0,
+        min_interval: float = CHECK_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.paths = tuple(p for p in paths if p)
