@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import socket
+import ssl
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.helpers import wait_until
 from watchdog.config import EtcdConfig
@@ -265,6 +267,27 @@ async def test_http1_only_and_silent_listeners() -> None:
     assert grpc_http1 and all(r.reason is Reason.PROTOCOL for r in grpc_http1), grpc_http1
     assert all(r.reason is Reason.TIMEOUT for r in quiet.probes), quiet.probes
     assert not http1.up and not quiet.up
+
+
+async def test_tls_without_h2_is_protocol_not_tls(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ctx.set_alpn_protocols(["http/1.1"])  # a TLS web server that never offers h2
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    server.RequestHandlerClass.log_message = lambda *a: None  # type: ignore[method-assign]
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (poll,) = await polls(f"https://127.0.0.1:{server.server_address[1]}", n=1,
+                              ca_file=str(tmp_path / "ca.pem"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    grpc_results = [r for r in poll.probes if r.api == "grpc"]
+    assert grpc_results and all(r.reason is Reason.PROTOCOL for r in grpc_results), \
+        grpc_results
 
 
 async def test_auth_off_while_credentials_are_configured(etcd_single: EtcdCluster,
