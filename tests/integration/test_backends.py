@@ -129,7 +129,8 @@ def process(cmd: list[str], port: int, tmp: Path) -> Iterator[subprocess.Popen[b
 # -- each server ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("binary", etcd_binaries() or [None])
+@pytest.mark.parametrize("binary", etcd_binaries() or [None],
+                         ids=lambda b: etcd_version(b) if b else "none")
 async def test_every_etcd_release(binary: str | None) -> None:
     if binary is None:
         pytest.skip("no etcd on this machine")

@@ -363,7 +363,7 @@ def _evidence(
         if version_result.ok and isinstance(version_result.body, VersionInfo):
             doc = dict(version_result.body.doc)
         elif isinstance(version_result.body, dict):
-            doc = version_result.body
+            doc = dict(version_result.body)
     json_results = [r for r in probes if r.api == "json"]
     grpc_results = [r for r in probes if r.api == "grpc"]
     return Evidence(
