@@ -408,6 +408,11 @@ class EtcdConfig(Model):
     max_metrics_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     connections_top_n: int = Field(default=10, ge=1, le=100)
     max_concurrent_polls: int = Field(default=16, ge=1, le=1024)
+    # etcd's --max-concurrent-streams where it was set (invisible over the wire); the
+    # overrides are keyed by member name or client URL.
+    max_concurrent_streams: int | None = Field(default=None, ge=1)
+    max_concurrent_streams_overrides: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict)
 
     @field_validator("endpoints")
     @classmethod
@@ -419,6 +424,14 @@ class EtcdConfig(Model):
                 "shard them over several watchdog processes, each with its own config file "
                 "and state_dir")
         return endpoints
+
+    def stream_limit_for(self, name: str, url: str) -> int | None:
+        """The configured --max-concurrent-streams of one peer (override, then default)."""
+        overrides = self.max_concurrent_streams_overrides
+        for key in (name, url.rstrip("/")):
+            if key in overrides:
+                return overrides[key]
+        return self.max_concurrent_streams
 
 
 class GatewayConfig(Model):

@@ -37,6 +37,7 @@ import aiohttp
 from watchdog.results import ProbeResult, Reason
 
 DEFAULT_MAX_BODY = 1 << 20
+ERROR_TEXT_MAX = 512
 _READ_CHUNK = 64 * 1024
 _DETAIL_MAX = 120
 
@@ -255,12 +256,15 @@ async def timed_request(
     max_body: int = DEFAULT_MAX_BODY,
     ok_status: Collection[int] = (200,),
     expect_json: bool = True,
+    error_text: bool = False,
 ) -> ProbeResult:
     """Make one HTTP call within `timeout` seconds and describe it; never raises for I/O.
 
     On success `body` is the decoded JSON (or the raw bytes when expect_json is false).
     On an unexpected status whose body is JSON, `body` holds it too, so callers can read
-    the server's error message. `detail` stays short and never holds a body or secret.
+    the server's error message; with error_text, a body that is not JSON comes back as its
+    first ERROR_TEXT_MAX characters of text instead (to recognise a server by its
+    wording). `detail` stays short and never holds a body or secret.
     """
     trace = _Trace(start=time.perf_counter())
     token = _CURRENT.set(trace)
@@ -295,17 +299,18 @@ async def timed_request(
         _CURRENT.reset(token)
 
     duration, phases = end - trace.start, trace.phases(end)
+    text = raw[:ERROR_TEXT_MAX].decode("utf-8", errors="replace") if error_text else None
     if not expect_json:
         if status in ok_status:
             return ProbeResult(api, op, True, duration, None, "", phases, status, None, raw)
-        return _bad_status(api, op, duration, phases, status, None)
+        return _bad_status(api, op, duration, phases, status, text)
     try:
         decoded: object = json.loads(raw)
     except ValueError:  # includes UnicodeDecodeError and an empty body
         if status in ok_status:
             return ProbeResult(api, op, False, duration, Reason.PROTOCOL, "invalid JSON",
                                phases, status)
-        return _bad_status(api, op, duration, phases, status, None)
+        return _bad_status(api, op, duration, phases, status, text)
     if status in ok_status:
         return ProbeResult(api, op, True, duration, None, "", phases, status, None, decoded)
     return _bad_status(api, op, duration, phases, status, decoded)

@@ -1,10 +1,20 @@
-"""Which etcd versions are exposed to the 250-stream JSON-gateway stall."""
+"""Where a member's JSON gateway stalls: the fixed 250, the configured or learned limit."""
 
 from __future__ import annotations
 
 import pytest
 
-from watchdog.etcd.exposure import STREAM_LIMIT, headroom, parse_version, stream_limit_exposed
+from watchdog.etcd.exposure import (
+    STREAM_LIMIT,
+    UNLIMITED,
+    StreamLimitLearner,
+    exposed,
+    has_stream_flag,
+    headroom,
+    parse_version,
+    stream_limit,
+    stream_limit_exposed,
+)
 
 
 @pytest.mark.parametrize(
@@ -61,3 +71,108 @@ def test_headroom() -> None:
     assert headroom(200, False) is None
     assert headroom(200, None) is None
     assert headroom(None, True) is None
+
+
+# -- where the JSON gateway stalls: the server's --max-concurrent-streams ------------
+
+@pytest.mark.parametrize(
+    ("version", "flag"),
+    [("3.4.19", False), ("3.4.20", True), ("3.5.4", False), ("3.5.5", True),
+     ("3.6.0", True), ("3.7.1", True), ("3.3.27", False), ("garbage", None), (None, None)],
+)
+def test_which_releases_have_the_flag(version: str | None, flag: bool | None) -> None:
+    assert has_stream_flag(version) is flag
+
+
+@pytest.mark.parametrize(
+    ("version", "tls", "configured", "limit"),
+    [
+        # Old TLS members: the fixed 250, whatever is configured (the flag does not exist).
+        ("3.5.1", True, None, 250),
+        ("3.5.1", True, 20, 250),
+        ("3.4.19", True, None, 250),
+        # Old plain members: no limit at all.
+        ("3.5.1", False, None, None),
+        ("3.5.1", False, 20, None),
+        # Releases with the flag: the configured value, TLS or not.
+        ("3.5.5", True, None, None),
+        ("3.5.5", True, 20, 20),
+        ("3.5.5", False, 20, 20),
+        ("3.4.23", False, 100, 100),
+        ("3.6.14", True, 500, 500),
+        ("3.7.1", False, None, None),
+        # The default (2^32-1) or anything that large is out of reach.
+        ("3.6.14", False, UNLIMITED, None),
+        ("3.6.14", True, 1 << 20, None),
+        # Unknown version: trust what the operator configured.
+        (None, True, 20, 20),
+        (None, True, None, None),
+    ],
+)
+def test_stream_limit(version: str | None, tls: bool, configured: int | None,
+                      limit: int | None) -> None:
+    assert stream_limit(version, tls, configured) == limit
+
+
+def test_learned_limit_wins_and_gatewayless_backends_have_none() -> None:
+    assert stream_limit("3.6.14", False, None, learned=37) == 37
+    assert stream_limit("3.5.1", True, None, learned=240) == 240
+    for backend in ("kine", "antietcd"):
+        assert stream_limit("3.6.11", True, 20, learned=20, backend=backend) is None
+        assert exposed(None, "3.6.11", True, backend) is False
+
+
+@pytest.mark.parametrize(
+    ("limit", "version", "tls", "backend", "expected"),
+    [
+        (250, "3.5.1", True, "etcd", True),
+        (20, "3.6.14", False, "etcd", True),
+        (None, "3.6.14", True, "etcd", False),
+        (None, "3.5.1", False, "etcd", False),
+        (None, None, True, "etcd", None),  # maybe an old TLS member
+        (None, None, False, "etcd", False),
+        (None, None, True, "unknown", None),
+        (None, None, False, "etcd-adapter", False),
+    ],
+)
+def test_exposed(limit: int | None, version: str | None, tls: bool, backend: str,
+                 expected: bool | None) -> None:
+    assert exposed(limit, version, tls, backend) is expected
+
+
+def test_headroom_against_another_limit() -> None:
+    assert headroom(15, True, limit=20) == 5
+    assert headroom(15, True, limit=None) is None
+
+
+def test_learner_needs_a_plateau_confirmed() -> None:
+    learner = StreamLimitLearner(confirm=2)
+    # Growing load, everything answers: nothing learned.
+    for streams in (5, 10, 20):
+        assert learner.observe(streams, json_timed_out=False, grpc_ok=True) is None
+    # JSON times out while gRPC answers: the first poll at 20 is only a suspicion...
+    assert learner.observe(20, json_timed_out=True, grpc_ok=True) is None
+    # ...the second, with the count not grown, confirms the plateau as the limit.
+    assert learner.observe(20, json_timed_out=True, grpc_ok=True) == 20
+    # Recovery keeps what was learned; more streams than the "limit" disproves it.
+    assert learner.observe(12, json_timed_out=False, grpc_ok=True) == 20
+    assert learner.observe(21, json_timed_out=False, grpc_ok=True) is None
+
+
+def test_learner_ignores_what_is_not_a_gateway_stall() -> None:
+    learner = StreamLimitLearner(confirm=2)
+    # Both APIs failing is an outage, not a full gateway connection.
+    for _ in range(3):
+        assert learner.observe(30, json_timed_out=True, grpc_ok=False) is None
+    # A count still growing is not a plateau.
+    assert learner.observe(31, json_timed_out=True, grpc_ok=True) is None
+    assert learner.observe(32, json_timed_out=True, grpc_ok=True) is None
+    # No count (no metrics page), NaN or 0 teach nothing.
+    for streams in (None, float("nan"), 0):
+        assert learner.observe(streams, json_timed_out=True, grpc_ok=True) is None
+    # A stall interrupted by a healthy poll starts over.
+    learner = StreamLimitLearner(confirm=2)
+    learner.observe(40, json_timed_out=True, grpc_ok=True)
+    learner.observe(40, json_timed_out=False, grpc_ok=True)
+    assert learner.observe(40, json_timed_out=True, grpc_ok=True) is None
+    assert learner.observe(39, json_timed_out=True, grpc_ok=True) == 40

@@ -32,7 +32,22 @@ import etcd3
 import grpc
 from etcd3 import etcdrpc
 
-from watchdog.etcd.client import AUTH_MESSAGES, EtcdStatus, RangeCount, prefix_end
+from watchdog.etcd import sniff
+from watchdog.etcd.client import (
+    AUTH_MESSAGES,
+    SET_CA,
+    SILENT,
+    SNIFF_DETAILS,
+    SNIFF_TTL,
+    SPEAKS_PLAIN,
+    EtcdStatus,
+    RangeCount,
+    is_auth_not_enabled,
+    mismatch,
+    permission_detail,
+    prefix_end,
+)
+from watchdog.etcd.tlsfiles import TlsFiles
 from watchdog.results import ProbeResult, Reason
 
 log = logging.getLogger(__name__)
@@ -49,21 +64,55 @@ _CHANNEL_OPTIONS = [
 ]
 # "verification check failed": gRPC's wording for a certificate whose name does not match.
 _TLS_MARKERS = ("ssl", "tls", "handshake", "certificate", "tsi_", "verification check failed")
+# The peer answered, but not with HTTP/2 gRPC: an HTTP/1-only server (antietcd, a plain
+# web server), or TLS without h2 in ALPN.
+_NOT_GRPC_MARKERS = ("http1.x", "http/1", "alpn", "bad magic", "not http/2",
+                     "protocol error", "frame of size", "failed parsing http/2",
+                     "expected settings frame")
+# The listener accepted and then said nothing (a hung or SIGSTOPped server).
+_SILENT_MARKERS = ("timed out before receiving settings", "connection attempt timed out",
+                   "handshake timed out")
+_NOT_GRPC = "the server does not speak gRPC (HTTP/1 only, or TLS without h2)"
+_PLAIN_MARKERS = ("wrong_version_number", "wrong version number", "packet_length_too_long",
+                  "record_layer_failure", "http_request")
+_UNKNOWN_CA_MARKERS = ("certificate_verify_failed", "unable to get local issuer",
+                       "self signed certificate", "self-signed certificate",
+                       "unable to get issuer certificate")
 
 
-def classify_rpc_error(exc: grpc.RpcError, timeout: float) -> tuple[Reason, str]:
+def classify_rpc_error(exc: grpc.RpcError, timeout: float, op: str = "") -> tuple[Reason, str]:
     """A Reason and a short, secret-free detail for a failed gRPC call."""
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else "") or ""
     low = details.lower()
     name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    log.debug("gRPC call failed: %s %s", name, details[:300])
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return Reason.TIMEOUT, f"timeout after {timeout:g}s (DEADLINE_EXCEEDED)"
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+    if code is grpc.StatusCode.PERMISSION_DENIED or (
+        code is grpc.StatusCode.UNAUTHENTICATED and "permission denied" in low
+    ):
+        return Reason.AUTH, permission_detail(op) or name
+    if code is grpc.StatusCode.UNAUTHENTICATED:
         return Reason.AUTH, name
     if any(m in low for m in AUTH_MESSAGES):
+        if "permission denied" in low and permission_detail(op):
+            return Reason.AUTH, permission_detail(op) or name
         return Reason.AUTH, f"{name}: authentication failed"
-    if code is grpc.StatusCode.UNAVAILABLE and "etcdserver:" not in low:
+    if code is grpc.StatusCode.UNIMPLEMENTED:
+        return Reason.PROTOCOL, "UNIMPLEMENTED: the server has no such gRPC method"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
+                grpc.StatusCode.UNKNOWN) and "etcdserver:" not in low:
+        if any(m in low for m in _SILENT_MARKERS):
+            return Reason.TIMEOUT, SILENT
+        if any(m in low for m in _NOT_GRPC_MARKERS):
+            return Reason.PROTOCOL, _NOT_GRPC
+        if any(m in low for m in _PLAIN_MARKERS):
+            return Reason.TLS, SPEAKS_PLAIN
+        if any(m in low for m in _UNKNOWN_CA_MARKERS):
+            return Reason.TLS, f"certificate verify failed; {SET_CA}"
+        if code is not grpc.StatusCode.UNAVAILABLE:
+            return Reason.PROTOCOL, name
         if any(m in low for m in _TLS_MARKERS):
             return Reason.TLS, "UNAVAILABLE: tls handshake failed"
         if "refused" in low:
@@ -84,6 +133,9 @@ class _Peer:
     executor: concurrent.futures.ThreadPoolExecutor
     lock: threading.Lock = field(default_factory=threading.Lock)
     client: etcd3.MultiEndpointEtcd3Client | None = None
+    # The TLS generation the client was made with; an older one is replaced before use.
+    generation: int = 0
+    sniffed: tuple[float, str | None] | None = None  # (when, what the listener speaks)
 
     @contextmanager
     def locked(self, timeout: float) -> Iterator[None]:
@@ -134,6 +186,13 @@ class GrpcProber:
         self._peers: dict[str, _Peer] = {}
         self._creds: grpc.ChannelCredentials | None = None
         self._closed = False
+        self._tls_files = TlsFiles(ca_file, cert_file, key_file)
+        self._generation = 0
+        # Clients made with old TLS material: closed at the next refresh, when calls that
+        # were running on them have met their deadline.
+        self._retired: list[etcd3.MultiEndpointEtcd3Client] = []
+        self._retired_lock = threading.Lock()
+        self._auth_off_noticed = False
 
     def __repr__(self) -> str:
         auth = f", username={self.username!r}, password=<hidden>" if self.username else ""
@@ -155,6 +214,20 @@ class GrpcProber:
             peer = self._peers[endpoint] = _Peer(parts.hostname, parts.port, secure, executor)
         return peer
 
+    def refresh_tls(self) -> bool:
+        """Use new TLS material for new channels when the files changed on disk (a cheap
+        stat, at most once per CHECK_INTERVAL); True when they did. Event-loop side, never blocks."""
+        with self._retired_lock:
+            retired, self._retired = self._retired, []
+        for client in retired:
+            client.close()
+        if not self._tls_files.changed():
+            return False
+        self._creds = None
+        self._generation += 1
+        log.info("etcd TLS files changed on disk: new gRPC channels use them")
+        return True
+
     def _credentials(self) -> grpc.ChannelCredentials:
         if self._creds is None:
             def read(path: str | None) -> bytes | None:
@@ -171,21 +244,41 @@ class GrpcProber:
     def _client(self, peer: _Peer, timeout: float) -> etcd3.MultiEndpointEtcd3Client:
         """The peer's client, created (and authenticated) within timeout. Worker thread."""
         with peer.locked(timeout):
+            if peer.client is not None and peer.secure and peer.generation != self._generation:
+                with self._retired_lock:
+                    self._retired.append(peer.client)
+                peer.client = None
             if peer.client is None:
-                endpoint = etcd3.Endpoint(
-                    peer.host, peer.port, secure=peer.secure,
-                    creds=self._credentials() if peer.secure else None,
-                    time_retry=0, opts=_CHANNEL_OPTIONS,  # type: ignore[arg-type]
-                )
+                generation = self._generation
                 try:
-                    peer.client = etcd3.MultiEndpointEtcd3Client(
-                        endpoints=[endpoint], timeout=max(timeout, 0.001),
-                        user=self.username, password=self._password,
-                    )
-                except BaseException:
-                    endpoint.close()
-                    raise
+                    peer.client = self._new_client(peer, timeout, self.username)
+                except grpc.RpcError as exc:
+                    if self.username is None or not is_auth_not_enabled(exc.details() or ""):
+                        raise
+                    if not self._auth_off_noticed:
+                        self._auth_off_noticed = True
+                        log.warning("etcd auth is not enabled although credentials are "
+                                    "configured; gRPC probes call without them")
+                    peer.client = self._new_client(peer, timeout, None)
+                peer.generation = generation
             return peer.client
+
+    def _new_client(
+        self, peer: _Peer, timeout: float, user: str | None
+    ) -> etcd3.MultiEndpointEtcd3Client:
+        endpoint = etcd3.Endpoint(
+            peer.host, peer.port, secure=peer.secure,
+            creds=self._credentials() if peer.secure else None,
+            time_retry=0, opts=_CHANNEL_OPTIONS,  # type: ignore[arg-type]
+        )
+        try:
+            return etcd3.MultiEndpointEtcd3Client(
+                endpoints=[endpoint], timeout=max(timeout, 0.001),
+                user=user, password=self._password if user else None,
+            )
+        except BaseException:
+            endpoint.close()
+            raise
 
     def _renew_token(
         self, peer: _Peer, client: etcd3.MultiEndpointEtcd3Client, rejected: object, timeout: float
@@ -209,6 +302,7 @@ class GrpcProber:
         rpc: Callable[[etcd3.MultiEndpointEtcd3Client, float], tuple[int | None, object]],
         deadline: float,
         timeout: float,
+        op: str = "",
     ) -> _Outcome:
         """Run one RPC in a worker thread, renewing the auth token at most once."""
         if deadline - time.monotonic() <= 0:
@@ -241,8 +335,33 @@ class GrpcProber:
                                         f"timeout after {timeout:g}s renewing the token")
                     except grpc.RpcError as renew_exc:
                         exc = renew_exc
-                reason, detail = classify_rpc_error(exc, timeout)
+                reason, detail = classify_rpc_error(exc, timeout, op)
+                if reason in (Reason.REFUSED, Reason.TLS) and \
+                        time.monotonic() >= deadline - 0.1 * timeout:
+                    # A connection that used up the whole deadline was not refused: the
+                    # listener accepted and kept silent (gRPC says "Endpoint closing").
+                    reason, detail = Reason.TIMEOUT, f"timeout after {timeout:g}s ({detail})"
+                elif detail in SNIFF_DETAILS:
+                    hint = self._mismatch(peer, deadline)
+                    if hint == SILENT:
+                        reason, detail = Reason.TIMEOUT, hint
+                    elif hint is not None:
+                        reason, detail = Reason.TLS, hint
                 return _Outcome(False, time.monotonic() - started, reason, detail)
+
+    def _mismatch(self, peer: _Peer, deadline: float) -> str | None:
+        """The listener dropped us: is the channel's TLS setting the wrong one? Asked at
+        most once per SNIFF_TTL per peer. Worker thread."""
+        now = time.monotonic()
+        if peer.sniffed is None or now - peer.sniffed[0] >= SNIFF_TTL:
+            left = deadline - now
+            if left <= 0:
+                return None
+            peer.sniffed = (now, sniff.sniff(peer.host, peer.port, left))
+        if peer.sniffed[1] == sniff.SILENT:
+            return SILENT
+        scheme = "https://" if peer.secure else "http://"
+        return mismatch(scheme, peer.sniffed[1])
 
     async def _run(
         self,
@@ -255,7 +374,7 @@ class GrpcProber:
             raise RuntimeError("GrpcProber is closed")
         started = time.monotonic()
         peer = self._peer(endpoint)
-        future = peer.executor.submit(self._work, peer, rpc, started + timeout, timeout)
+        future = peer.executor.submit(self._work, peer, rpc, started + timeout, timeout, op)
         try:
             outcome = await asyncio.wait_for(asyncio.wrap_future(future),
                                              timeout + _AWAIT_MARGIN)
@@ -282,7 +401,8 @@ class GrpcProber:
         def rpc(client: etcd3.MultiEndpointEtcd3Client, left: float) -> tuple[int | None, Any]:
             # Only metadata: etcd3's call credentials are refused on plain channels.
             resp = client.kvstub.Range(request, left, metadata=client.metadata)
-            return resp.header.revision, RangeCount(resp.count, str(resp.header.member_id))
+            return (resp.header.revision or None,
+                    RangeCount(resp.count, str(resp.header.member_id or "")))
 
         return await self._run(endpoint, "range", rpc, timeout)
 
@@ -293,14 +413,15 @@ class GrpcProber:
             resp = client.maintenancestub.Status(
                 etcdrpc.StatusRequest(), left, metadata=client.metadata
             )
+            # proto3 cannot tell 0 from "not set": a 0 id or term is "not reported".
             info = EtcdStatus(
                 version=resp.version,
-                member_id=str(resp.header.member_id),
-                leader=str(resp.leader),
+                member_id=str(resp.header.member_id or ""),
+                leader=str(resp.leader or ""),
                 db_size=resp.dbSize,
-                raft_term=resp.raftTerm,
-                raft_index=resp.raftIndex,
-                revision=resp.header.revision,
+                raft_term=resp.raftTerm or None,
+                raft_index=resp.raftIndex or None,
+                revision=resp.header.revision or None,
             )
             return resp.header.revision, info
 
@@ -316,3 +437,7 @@ class GrpcProber:
             if client is not None:
                 client.close()
         self._peers.clear()
+        with self._retired_lock:
+            retired, self._retired = self._retired, []
+        for client in retired:
+            client.close()

@@ -20,12 +20,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "MARKER_FAMILIES",
     "Histogram",
     "MetricsParseError",
     "PeerMetrics",
+    "families_present",
     "parse_families",
     "parse_peer_metrics",
 ]
+
+# Name prefixes that tell servers apart (see etcd/backend.py): etcd's own families and
+# kine's.
+MARKER_FAMILIES = ("etcd_server_", "etcd_mvcc_", "etcd_debugging_mvcc_", "etcd_disk_",
+                   "kine_")
 
 Labels = dict[str, str]
 Sample = tuple[str, Labels, float]
@@ -427,6 +434,19 @@ def _histogram(
     if math.inf not in buckets:
         buckets[math.inf] = count  # the +Inf bucket is the count by definition
     return Histogram(buckets=tuple(sorted(buckets.items())), sum=total, count=count), bad
+
+
+def families_present(page: str | bytes, prefixes: Iterable[str]) -> frozenset[str]:
+    """Which of the name prefixes begin some sample line of the page. One substring
+    search per prefix (stopping at the first hit), no parsing: ~0.3 ms on etcd's
+    167 KB page, a fifth of what parsing it costs."""
+    raw = page.encode() if isinstance(page, str) else bytes(page)
+    found = set()
+    for prefix in prefixes:
+        needle = prefix.encode()
+        if raw.startswith(needle) or b"\n" + needle in raw:
+            found.add(prefix)
+    return frozenset(found)
 
 
 def parse_peer_metrics(page: str | bytes) -> PeerMetrics:
