@@ -41,6 +41,7 @@ __all__ = [
     "Wire",
     "WireState",
     "boot_id",
+    "saved_state_problem",
 ]
 
 SIGNALS = ("watch_streams", "client_connections")
@@ -543,6 +544,21 @@ class TripwireBank:
                 )
             elapsed = max(elapsed, 0.0)
         return mono - elapsed
+
+
+def saved_state_problem(data: Mapping[str, Any]) -> str | None:
+    """For StateStore(validate=...): what makes the daemon's saved data unusable, or None.
+
+    Judges the "tripwire" section as load_dict() would read it (every wire, every type); a
+    wire that is only too old is no problem here. Never raises."""
+    section = data.get("tripwire") if isinstance(data, Mapping) else data
+    if section is None:
+        return None
+    bank = TripwireBank(TripwireSettings(), boot=None)
+    for warning in bank.load_dict(section, max_age=MAX_SPAN):
+        if "unreadable" in warning or "ignored" in warning:
+            return warning
+    return None
 
 
 def _is_number(value: object) -> bool:

@@ -321,3 +321,30 @@ def test_state_without_a_cluster_id_still_loads() -> None:
     bank = clocks.bank()
     assert bank.load_dict(data, max_age=3600, cluster_id="bbbb") == []
     assert bank.peers() == [PEER]
+
+
+# --- #14.7: the daemon's state file judged whole -----------------------------------------
+
+
+def test_saved_state_problem_sets_aside_a_file_with_a_wrong_type_anywhere(tmp_path: Any) -> None:
+    from watchdog.tripwire import saved_state_problem
+
+    clocks = Clocks()
+    bank = armed(clocks, peers=(PEER, "etcd-2"))
+    good = {"tripwire": round_trip(bank.to_dict())}
+    assert saved_state_problem(good) is None
+    assert saved_state_problem({}) is None  # nothing saved yet is no problem
+    bad = json.loads(json.dumps(good))
+    bad["tripwire"]["wires"]["etcd-2"][WATCH]["ring"] = {"not": "a list"}
+    assert saved_state_problem(bad) == (
+        "etcd-2/watch_streams: unreadable state (ring: expected a list of [start, mean] "
+        "pairs), relearning")
+    assert saved_state_problem({"tripwire": "x"}) == (
+        "tripwire state ignored: expected an object, got str")
+
+    StateStore(tmp_path).save(bad)
+    store = StateStore(tmp_path, validate=saved_state_problem)
+    assert store.load() is None
+    assert [p.name.split("-")[0] for p in tmp_path.iterdir()] == ["state.json.corrupt"]
+    StateStore(tmp_path).save(good)
+    assert store.load() == good
