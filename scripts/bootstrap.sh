@@ -45,7 +45,8 @@ ensure_test_tools() {
   local want=()
   command -v promtool >/dev/null && command -v prometheus >/dev/null || want+=(prometheus)
   command -v chromium >/dev/null || want+=(chromium)
+  command -v faketime >/dev/null || want+=(faketime)
   [ ${#want[@]} -eq 0 ] && return 0
-  echo "installing ${want[*]} with apt (real Prometheus/promtool and headless Chromium for the tests)" >&2
+  echo "installing ${want[*]} with apt (real Prometheus/promtool, headless Chromium and faketime for the tests)" >&2
   apt_install "${want[@]}" || echo "warning: could not install ${want[*]}; tests needing them are skipped" >&2
 }

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import require_tool, wait_until
 from watchdog.lab.cluster import EtcdCluster, b64, free_port
 from watchdog.lab.gateway_sim import GatewaySim, SimConfig
 
@@ -112,6 +112,16 @@ def run_smoke(config: Path, *args: str, timeout: float = 30) -> tuple[subprocess
     done = subprocess.run(smoke_cmd(config, *args), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO)
     return done, launched, time.time()
+
+
+def libfaketime() -> str:
+    """The libfaketime preload library (Debian package faketime)."""
+    require_tool("faketime")
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")) + sorted(
+        Path("/usr/lib").glob("faketime/libfaketime.so.1"))
+    if not found:
+        pytest.fail("faketime is installed but libfaketime.so.1 was not found")
+    return str(found[0])
 
 
 def canaries(cluster: EtcdCluster) -> list[tuple[str, str]]:
@@ -323,6 +333,67 @@ def test_signal_mid_gate_deletes_the_canary_and_exits_1(
     assert canaries(etcd_single) == []
     assert stopped < 2.0, stopped
     assert "Traceback" not in err
+
+
+# -- leftover canaries ---------------------------------------------------------------
+
+
+def test_a_canary_left_by_a_killed_run_is_swept_and_a_concurrent_one_is_not(
+    etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    preload = libfaketime()
+    key = "sweep-" + secrets.token_hex(8)
+    keys = key_file(tmp_path, key)
+    stale = sims.start(etcd_single, "stale", key, faults={"stale"})
+    ok = sims.start(etcd_single, "ok", key)
+    stale_config = write_config(smoke_config(etcd_single, [gateway_entry(stale, keys)]),
+                                name="stale.yml")
+    ok_config = write_config(smoke_config(etcd_single, [gateway_entry(ok, keys)]), name="ok.yml")
+    running: list[subprocess.Popen[str]] = []
+
+    def start(*cmd: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL, cwd=REPO, env={**os.environ, **(env or {})})
+        running.append(proc)
+        return proc
+
+    try:
+        # A run of another pipeline, mid-propagation right now (started first: every run
+        # sweeps, and this one must not see the leftover yet).
+        concurrent = start(*smoke_cmd(stale_config, "--timeout", "30", "--output", "json"))
+        wait_until(lambda: len(canaries(etcd_single)) == 1, timeout=15, interval=0.05,
+                   what="the concurrent run's canary")
+        [(fresh_key, _)] = canaries(etcd_single)
+        # A run two hours ago by its clock, killed (-9) while its canary propagates. The
+        # library is preloaded directly (not through the faketime wrapper, which would be
+        # the process killed).
+        killed = start(*smoke_cmd(stale_config, "--timeout", "30"),
+                       env={"LD_PRELOAD": preload, "FAKETIME": "-2h"})
+        wait_until(lambda: len(canaries(etcd_single)) == 2, timeout=15, interval=0.05,
+                   what="the killed run's canary")
+        killed.kill()
+        killed.communicate(timeout=5)
+        [left_key] = [k for k, _ in canaries(etcd_single) if k != fresh_key]
+        left_id = left_key.rsplit("/", 1)[-1]
+
+        done, _, _ = run_smoke(ok_config, "--output", "json", "--timeout", "10")
+
+        assert done.returncode == 0, done.stdout + done.stderr
+        gw = report_of(done)["gateways"][0]
+        assert gw["swept"] == [left_id] and gw["sweep_failed"] == []
+        assert f"swept 1 leftover canary route(s): {left_id}" in gw["message"]
+        assert [k for k, _ in canaries(etcd_single)] == [fresh_key]  # untouched
+        concurrent.send_signal(signal.SIGINT)
+        out, _ = concurrent.communicate(timeout=15)
+        assert report_of(subprocess.CompletedProcess([], 1, out, ""))["gateways"][0][
+            "canary_deleted"] is True
+        assert canaries(etcd_single) == []
+    finally:
+        for proc in running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=5)
+        delete_keys(etcd_single, CANARY_KEYS)  # whatever a failure left, for the next tests
 
 
 # -- read-only ---------------------------------------------------------------------
