@@ -26,8 +26,15 @@ import aiohttp
 
 from watchdog.config import GatewayConfig
 from watchdog.gateway.admin import AdminClient
-from watchdog.gateway.status import GatewayMetrics, config_lag, read_ready, scrape_metrics
+from watchdog.gateway.status import (
+    GatewayMetrics,
+    config_lag,
+    read_ready,
+    revision_problem,
+    scrape_metrics,
+)
 from watchdog.httpprobe import _classify, timed_request
+from watchdog.redact import Redactor
 from watchdog.results import ProbeResult, Reason
 
 log = logging.getLogger(__name__)
@@ -177,16 +184,21 @@ async def run_gate(
     progress: Progress | None = None,
     call_timeout: float = 5.0,
     sweep_older_than: float | None = SWEEP_AGE,
+    redactor: Redactor | None = None,
+    etcd_revision: Callable[[], Awaitable[int | None]] | None = None,
+    etcd_failure: Callable[[], Reason | None] | None = None,
 ) -> SmokeResult:
     """Run the gate for one gateway within `timeout` seconds (the canary's deletion, and
     the sweep of leftover canaries older than `sweep_older_than` seconds (None: no sweep),
     may take up to CLEANUP_TIMEOUT more each). When cancelled, the canary is still deleted,
     the verdict ("interrupted") is left in `progress.result`, and CancelledError is
-    re-raised."""
+    re-raised. Every text it returns or logs passes `redactor` (default: the gateway's own
+    secrets), so an admin API that echoes the key never gets it relayed."""
     progress = progress or Progress(gateway.name)
     started = time.monotonic()
     deadline = started + timeout
     admin = AdminClient(gateway, session)
+    scrub = (redactor or admin.redactor).scrub
     nonce = new_nonce()
     route_id, route, path, location = canary(nonce)
     put_task: asyncio.Task[ProbeResult] | None = None
@@ -195,9 +207,9 @@ async def run_gate(
     result = SmokeResult(gateway.name, False, "starting", "", read_only=read_only)
 
     def phase(name: str, detail: str = "") -> None:
-        progress.phase, progress.detail = name, detail
+        progress.phase, progress.detail = name, scrub(detail)
         result.phase = name
-        log.debug("smoke gateway=%s phase=%s %s", gateway.name, name, detail)
+        log.debug("smoke gateway=%s phase=%s %s", gateway.name, name, progress.detail)
 
     try:
         if gateway.data_url is not None:
@@ -228,7 +240,7 @@ async def run_gate(
         if read_only:
             result.message = await _judge_read_only(
                 gateway, session, deadline, poll_interval, call_timeout,
-                newest_config_revision, phase, result)
+                newest_config_revision, phase, result, etcd_revision, etcd_failure)
             result.ok = True
             phase("done")
             return result
@@ -286,6 +298,7 @@ async def run_gate(
         raise
     finally:
         result.elapsed = time.monotonic() - started
+        result.message = scrub(result.message)
         # Published before the cleanup: a second signal must not lose the verdict.
         progress.result = result
         if put_task is not None:
@@ -303,6 +316,7 @@ async def run_gate(
                 interrupted = True
         if sweep_task is not None:
             await _finish_sweep(sweep_task, result, interrupted)
+        result.message = scrub(result.message)
         if cancelled:
             raise asyncio.CancelledError
     return result
@@ -505,9 +519,13 @@ async def _judge_read_only(
     newest_config_revision: Callable[[], Awaitable[int | None]] | None,
     phase: Callable[[str, str], None],
     result: SmokeResult,
+    etcd_revision: Callable[[], Awaitable[int | None]] | None = None,
+    etcd_failure: Callable[[], Reason | None] | None = None,
 ) -> str:
     """Read-only verdict: the status API says ready and the config lag reaches 0.
-    Returns the success message; raises GateError otherwise."""
+    Returns the success message; raises GateError otherwise. A gateway that reports no
+    possible revision (NaN, negative, beyond etcd's current revision) fails at once, with
+    reason protocol; one that reports more than etcd's newest config is not in sync."""
     ready = "ready" if gateway.status_url is not None else ""
     if gateway.metrics_url is None or newest_config_revision is None:
         if not ready:
@@ -518,8 +536,23 @@ async def _judge_read_only(
     while True:
         scraped, metrics = await scrape_metrics(session, gateway.metrics_url,
                                                 _left(deadline, call_timeout))
-        newest = await newest_config_revision()
+        etcd_timed_out = False
+        try:  # bounded by the gate's deadline, whatever the etcd client's own timeout
+            async with asyncio.timeout(max(0.05, deadline - time.monotonic())):
+                newest = await newest_config_revision()
+        except TimeoutError:
+            newest, etcd_timed_out = None, True
         loaded = metrics.max_modify_index if metrics is not None else None
+        problem = revision_problem(loaded)
+        current = await etcd_revision() if etcd_revision is not None and loaded is not None \
+            and not problem and newest is not None and loaded > newest else None
+        if problem is None and current is not None and loaded is not None and loaded > current:
+            problem = f"{loaded:.0f} is beyond etcd's current revision {current}"
+        if problem:
+            raise GateError("config lag", Reason.PROTOCOL,
+                            f"gateway metrics at {gateway.metrics_url} report a loaded config "
+                            f"revision that cannot be: {problem} (a broken exporter, or a "
+                            "gateway on another etcd)")
         result.config_lag = lag = config_lag(newest, loaded)
         if lag == 0:
             text = "config lag 0 revisions" + (", /status/ready answers 200" if ready else "")
@@ -530,9 +563,23 @@ async def _judge_read_only(
                                 f"gateway metrics at {gateway.metrics_url} unreadable: "
                                 f"{_describe(scraped)}")
             if newest is None:
-                raise GateError("config lag", Reason.REFUSED,
-                                "cannot read the newest config revision from etcd "
-                                "(etcd.endpoints unreachable?)")
+                failed = Reason.TIMEOUT if etcd_timed_out else (
+                    etcd_failure() if etcd_failure is not None else None) or Reason.REFUSED
+                said = "no answer from etcd by the deadline" if failed is Reason.TIMEOUT \
+                    else f"etcd failed ({failed.value})"
+                raise GateError("config lag", failed,
+                                f"cannot read the newest config revision from etcd: {said} "
+                                "(etcd.endpoints down or overloaded?)")
+            if loaded is None:
+                raise GateError("config lag", Reason.PROTOCOL,
+                                f"gateway metrics at {gateway.metrics_url} have no "
+                                "apisix_etcd_modify_indexes: the loaded config is unknown")
+            if loaded > newest:
+                raise GateError("config lag", Reason.TIMEOUT,
+                                f"the gateway reports config up to revision {loaded:.0f}, but "
+                                f"the newest gateway config in etcd is at revision {newest}: "
+                                "it holds config etcd no longer has (deletes not applied? "
+                                "another etcd?)")
             raise GateError("config lag", Reason.TIMEOUT,
                             f"config lag still {lag:.0f} revisions at the deadline: the "
                             f"gateway has loaded config up to revision {loaded:.0f}, etcd "

@@ -52,7 +52,8 @@ from watchdog.lab.sim_state import (
 
 log = logging.getLogger("watchdog.lab.gateway_sim")
 
-KNOWN_FAULTS: frozenset[str] = frozenset({"init-hang", "watch-leak", "slow-admin", "stale", "shim"})
+KNOWN_FAULTS: frozenset[str] = frozenset({"init-hang", "watch-leak", "slow-admin", "stale", "shim",
+                                         "echo-key", "nan-index"})
 SYNC_MODES = ("legacy", "modern")
 METRICS_PATH = "/apisix/prometheus/metrics"
 DEFAULT_ADMIN_KEY = "edd1c9f034335f136f87ad84b625c8f1"  # config.yaml default up to 3.9.x
@@ -801,10 +802,13 @@ class GatewaySim:
             indexes["prev_index"] = worker.revision
         if x_etcd_index is not None:
             indexes["x_etcd_index"] = x_etcd_index
+        shown: dict[str, object] = dict(indexes)
+        if "nan-index" in self._faults:  # a broken exporter: not a revision at all
+            shown = {k: ("NaN" if k != "x_etcd_index" else v) for k, v in indexes.items()}
         out = [
             "# HELP apisix_etcd_modify_indexes Etcd modify index for APISIX keys",
             "# TYPE apisix_etcd_modify_indexes gauge",
-            *(f'apisix_etcd_modify_indexes{{key="{k}"}} {v}' for k, v in sorted(indexes.items())),
+            *(f'apisix_etcd_modify_indexes{{key="{k}"}} {v}' for k, v in sorted(shown.items())),
             "# HELP apisix_etcd_reachable Config server etcd reachable from APISIX, "
             "0 is unreachable",
             "# TYPE apisix_etcd_reachable gauge",
