@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 
 import pytest
 
-from tests.helpers import require_tool, wait_until
+from tests.helpers import libfaketime, wait_until
 from watchdog.lab.cluster import EtcdCluster, b64, free_port
 from watchdog.lab.gateway_sim import GatewaySim, SimConfig
 
@@ -116,15 +116,6 @@ def run_smoke(config: Path, *args: str, timeout: float = 30) -> tuple[subprocess
                           timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO)
     return done, launched, time.time()
 
-
-def libfaketime() -> str:
-    """The libfaketime preload library (Debian package faketime)."""
-    require_tool("faketime")
-    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")) + sorted(
-        Path("/usr/lib").glob("faketime/libfaketime.so.1"))
-    if not found:
-        pytest.fail("faketime is installed but libfaketime.so.1 was not found")
-    return str(found[0])
 
 
 def canaries(cluster: EtcdCluster) -> list[tuple[str, str]]:

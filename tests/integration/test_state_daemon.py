@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import FIXTURES, WatchdogProcess
-from tests.helpers import sample, wait_until
+from tests.helpers import libfaketime, sample, wait_until
 from watchdog.lab.cluster import EtcdCluster
 from watchdog.state import StateStore
 
@@ -156,3 +156,32 @@ def test_a_page_claiming_1e308_watch_streams_never_stops_persistence(
     [wire] = saved["data"]["tripwire"]["wires"].values()
     assert wire["watch_streams"]["last_value"] == 2.0**53  # clamped
     assert not list((tmp_path / "state").glob("state.json.corrupt-*"))
+
+
+def test_a_clock_that_ran_ahead_and_was_corrected_keeps_the_learned_state(
+    etcd_single: EtcdCluster, write_config: Callable[..., Path],
+    run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
+) -> None:
+    """The first run's wall clock is two days ahead (libfaketime; the monotonic clock is
+    left alone, as NTP leaves it), the second run's is right again: the state it saved
+    lies two days "in the future" by the wall clock, yet it is the same boot."""
+    preload = libfaketime()
+    etcd = {"endpoints": etcd_single.endpoints, "interval": "1s", "timeout": "500ms",
+            "grpc_probes": False}
+    ahead = run_watchdog(write_config({"etcd": etcd, "tripwire": {"warmup": 0}}, name="a.yml"),
+                         env={"LD_PRELOAD": preload, "FAKETIME": "+2d",
+                              "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+    wait_until(lambda: sample(ahead.metrics(), "watchdog_etcd_watch_streams_steady_state")
+               is not None, timeout=10, what="a learned steady state")
+    assert ahead.stop() == 0
+
+    # A fresh wire could not arm within the hour of warm-up: a steady state is the saved one.
+    corrected = run_watchdog(write_config({"etcd": etcd, "tripwire": {"warmup": "1h"}},
+                                          name="b.yml"))
+    wait_until(lambda: sample(corrected.metrics(), "watchdog_etcd_peer_up") == 1.0,
+               timeout=10, what="a polled peer")
+    assert sample(corrected.metrics(), "watchdog_etcd_watch_streams_steady_state") is not None
+    assert corrected.stop() == 0
+    log = corrected.output()
+    assert "learned state loaded" in log and "relearning" not in log, log
+
