@@ -6,7 +6,7 @@ canary's Location, and delete the canary whatever happened (timeout, error, sign
 
 A canary's id carries the Unix time it was written (``watchdog-canary-<unix>-<12 hex>``), so
 a later run can tell a leftover (a SIGKILL mid-gate, a delete that failed while etcd was
-down) from a concurrent run's canary: after a passing write, canaries of this exact shape
+down) from a concurrent run's canary: beside each write, canaries of this exact shape
 older than ``sweep_older_than`` are deleted and reported.
 """
 
@@ -248,6 +248,9 @@ async def run_gate(
             raise GateError("write", Reason.PROTOCOL,
                             "no data_url configured: the canary cannot be checked "
                             "(set data_url, or use --read-only)")
+        if sweep_older_than is not None:  # beside the write and the wait, off their path
+            sweep_task = asyncio.create_task(
+                sweep_leftovers(admin, sweep_older_than, call_timeout, keep=route_id))
         phase("write", route_id)
         while True:
             # Shielded: on a signal the write finishes first, so the delete cannot overtake it.
@@ -270,9 +273,6 @@ async def run_gate(
             raise GateError("write", put.reason or Reason.HTTP, text)
         result.admin_write_seconds = put.duration
         written_at = time.monotonic()
-        if sweep_older_than is not None:  # the admin API works: tidy up beside the wait
-            sweep_task = asyncio.create_task(
-                sweep_leftovers(admin, sweep_older_than, call_timeout, keep=route_id))
         phase("propagate", path)
         while True:
             last = await fetch(session, f"{gateway.data_url}{path}",
