@@ -99,7 +99,10 @@ class Redactor(logging.Filter):
         """Scrub the record in place; never drops it."""
         if self._pattern is None:
             return True
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format call must not turn into an error at the call site
+            message = f"{record.msg} (unformattable arguments)"
         record.msg, record.args = self.scrub(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

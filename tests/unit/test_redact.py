@@ -95,3 +95,13 @@ def test_installed_on_the_root_handlers_it_scrubs_child_loggers_and_tracebacks(
         assert secret not in text
     assert f"smoke failed: wrong apikey {MASK}" in text
     assert f"RuntimeError: etcd said {MASK}" in text  # the traceback, scrubbed
+
+
+def test_a_bad_format_call_is_scrubbed_and_never_raises(
+    redactor: Redactor, captured: io.StringIO,
+) -> None:
+    install(redactor)
+    logging.getLogger("watchdog.x").warning("key %s and %d", PASSWORD)  # one argument short
+    assert "key %s and %d (unformattable arguments)" in captured.getvalue()
+    logging.getLogger("watchdog.x").warning(f"raw {PASSWORD} %s", "ok")
+    assert PASSWORD not in captured.getvalue() and f"raw {MASK} ok" in captured.getvalue()
