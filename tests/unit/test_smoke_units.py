@@ -284,3 +284,28 @@ async def test_a_written_canary_whose_delete_fails_is_named_with_the_sweep(
     assert result.ok and result.canary_deleted is False
     assert result.message.endswith(f"; WARNING: canary route {result.canary_route} could not "
                                    "be deleted (a smoke run sweeps it once it is an hour old)")
+
+
+@pytest.mark.parametrize(
+    ("newest", "loaded", "lag", "problem"),
+    [
+        (57, 41.0, 16.0, None),
+        (57, 57.0, 0.0, None),
+        (57, 0.0, 57.0, None),
+        (57, float("nan"), None, "nan is not a revision"),
+        (57, float("inf"), None, "inf is not a revision"),
+        (57, -3.0, None, "-3 is negative"),
+        (57, 1e300, None, "1e+300 is beyond any etcd revision"),
+        (57, 41.5, None, "41.5 is not a whole revision"),
+        (57, 58.0, None, None),  # more than etcd holds: no lag says that
+        (None, 41.0, None, None),
+        (57, None, None, None),
+    ],
+)
+def test_config_lag_is_never_0_for_a_revision_that_cannot_be(
+    newest: int | None, loaded: float | None, lag: float | None, problem: str | None,
+) -> None:
+    from watchdog.gateway.status import config_lag, revision_problem
+
+    assert config_lag(newest, loaded) == lag
+    assert revision_problem(loaded) == problem
