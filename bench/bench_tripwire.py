@@ -54,7 +54,7 @@ def bench_cost(peers: int, seed: int) -> dict[str, Any]:
     """Milliseconds per poll cycle for `peers` x 2 signals, during and after warm-up."""
     settings = TripwireSettings()
     clock = FakeClock()
-    bank = TripwireBank(settings, clock)
+    bank = TripwireBank(settings, clock, monotonic=clock)
     rng = random.Random(seed)
     levels = {f"etcd-{i}": rng.uniform(20, 2000) for i in range(peers)}
 
@@ -76,7 +76,7 @@ def bench_cost(peers: int, seed: int) -> dict[str, Any]:
     payload = json.dumps(bank.to_dict())
     save_ms = (time.perf_counter() - started) * 1000
     started = time.perf_counter()
-    fresh = TripwireBank(settings, clock)
+    fresh = TripwireBank(settings, clock, monotonic=clock)
     warnings = fresh.load_dict(json.loads(payload), max_age=3600)
     load_ms = (time.perf_counter() - started) * 1000
     assert not warnings, warnings

@@ -5,7 +5,7 @@ One real etcd member, two healthy simulated gateways (own processes) and `smoke_
 timestamps are CLOCK_MONOTONIC, shared by the processes.
 
 A. In-process gate (`gate_all`, what `watchdog smoke` runs under asyncio.run), repeated. The
-   canary nonces are fixed in advance (the gate's `secrets.token_hex` is swapped for a list),
+   canary nonces are fixed in advance (the gate's `new_nonce` is swapped for a list),
    so the witness polls each gateway's canary path *before* the write and sees the first 302
    to within its poll interval. Recorded: the admin PUT (start, end), the etcd PUT event, the
    first 302 at each data plane (witness), the 302 the gate saw (its `fetch`), the gate's
@@ -28,7 +28,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -138,9 +137,9 @@ async def in_process_gate(config_data: dict[str, Any], witness: Witness, reps: i
             if delayed:
                 await set_faults(control, sims, ["stale"])
                 releaser = asyncio.create_task(release(rng.uniform(0.06, 0.25)))
-            nonces = [f"{rep:02x}{i:02x}{secrets.token_hex(4)}" for i in range(len(gateways))]
-            smoke_module.secrets = SimpleNamespace(
-                token_hex=lambda _n, queue=list(nonces): queue.pop(0))
+            nonces = [f"{int(time.time())}-{rep:02x}{i:02x}{secrets.token_hex(4)}"
+                      for i in range(len(gateways))]
+            smoke_module.new_nonce = lambda queue=list(nonces): queue.pop(0)
             paths = {gw.name: smoke_module.canary(n)[2] for gw, n in zip(gateways, nonces,
                                                                            strict=True)}
             witness.ask(cmd="poll", targets=[{"name": gw.name, "url": gw.data_url + paths[gw.name]}

@@ -49,8 +49,9 @@ ensure_test_tools() {
   # Debian names the binary prometheus-alertmanager; amtool comes with it
   { command -v prometheus-alertmanager || command -v alertmanager; } >/dev/null && command -v amtool >/dev/null \
     || want+=(prometheus-alertmanager)
+  command -v faketime >/dev/null || want+=(faketime)
   [ ${#want[@]} -eq 0 ] && return 0
-  echo "installing ${want[*]} with apt (real Prometheus/promtool, Alertmanager/amtool and headless Chromium for the tests)" >&2
+  echo "installing ${want[*]} with apt (real Prometheus/promtool, Alertmanager/amtool, headless Chromium and faketime for the tests)" >&2
   apt_install "${want[@]}" || echo "warning: could not install ${want[*]}; tests needing them are skipped" >&2
 }
 

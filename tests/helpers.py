@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -84,3 +85,17 @@ def require_tool(*names: str) -> str:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message + " — CI must not skip this test")
     pytest.skip(message)
+
+
+def libfaketime() -> str:
+    """The libfaketime preload library (Debian package faketime), for LD_PRELOAD with
+    FAKETIME set: a child process whose clock is shifted (the `faketime` wrapper itself
+    would be the process a test signals)."""
+    import pytest
+
+    require_tool("faketime")
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")) + sorted(
+        Path("/usr/lib").glob("faketime/libfaketime.so.1"))
+    if not found:
+        pytest.fail("faketime is installed but libfaketime.so.1 was not found")
+    return str(found[0])

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import prometheus_client

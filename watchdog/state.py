@@ -2,7 +2,10 @@
 
 The file holds ``{"format": "watchdog-state", "version": 1, "saved_at": <unix>, "data": ...}``.
 A file that cannot be understood is renamed aside (``<name>.corrupt-<UTC time>``) and treated as
-missing, so a bad file costs a warm-up, never a crash loop.
+missing, so a bad file costs a warm-up, never a crash loop. "Understood" is strict: valid JSON
+that no save could have written (NaN or Infinity, an integer beyond 64 bits, a float beyond a
+double, nesting deeper than MAX_DEPTH, more than MAX_BYTES, wrong envelope types, or data the
+optional ``validate`` hook refuses) is set aside too.
 """
 
 from __future__ import annotations
@@ -10,18 +13,24 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "VERSION", "StateError", "StateStore"]
+__all__ = ["FORMAT", "MAX_BYTES", "MAX_DEPTH", "VERSION", "StateError", "StateStore"]
 
 FORMAT = "watchdog-state"
 VERSION = 1
+MAX_BYTES = 64 << 20  # the state of thousands of peers is a few MB
+MAX_DEPTH = 32  # what the daemon writes nests six deep
 
 log = logging.getLogger(__name__)
+
+Validator = Callable[[dict[str, Any]], "str | None"]
 
 
 class StateError(OSError):
@@ -29,31 +38,52 @@ class StateError(OSError):
 
 
 class StateStore:
-    """Loads and saves one state file in a directory."""
+    """Loads and saves one state file in a directory.
 
-    def __init__(self, directory: Path, name: str = "state.json") -> None:
+    `validate`, when given, judges loaded data: it returns a problem (the file is set aside)
+    or None; an exception it raises counts as a problem too.
+    """
+
+    def __init__(self, directory: Path, name: str = "state.json", *,
+                 validate: Validator | None = None) -> None:
         if not name or "/" in name or name in (".", ".."):
             raise ValueError(f"state file name must be a plain file name, got {name!r}")
         self.directory = Path(directory)
         self.name = name
         self.path = self.directory / name
+        self.validate = validate
 
     def load(self) -> dict[str, Any] | None:
-        """Return the saved data, or None when there is none that can be trusted."""
+        """Return the saved data, or None when there is none that can be trusted.
+
+        Never raises: an unreadable path is skipped, an unusable file set aside."""
         self._remove_leftovers()
         try:
-            raw = self.path.read_bytes()
+            with open(self.path, "rb") as file:
+                raw = file.read(MAX_BYTES + 1)
         except FileNotFoundError:
             return None
         except OSError as error:
             log.warning("cannot read state file %s: %s; starting without it", self.path, error)
             return None
-        try:
-            envelope = json.loads(raw)
-        except ValueError as error:  # includes UnicodeDecodeError
-            self._set_aside(f"not JSON ({error})")
+        if len(raw) > MAX_BYTES:
+            self._set_aside(f"larger than {MAX_BYTES >> 20} MiB")
             return None
-        problem = _envelope_problem(envelope)
+        try:
+            envelope = json.loads(raw, parse_constant=_refuse_constant, parse_int=_bounded_int,
+                                  parse_float=_finite_float)
+        except RecursionError:
+            self._set_aside("not JSON (nested too deeply)")
+            return None
+        except ValueError as error:  # includes UnicodeDecodeError
+            self._set_aside(f"not JSON ({_short(error)})")
+            return None
+        problem = _depth_problem(envelope) or _envelope_problem(envelope)
+        if problem is None and self.validate is not None:
+            try:
+                problem = self.validate(envelope["data"])
+            except Exception as error:  # a refusal, or a validator's bug: never a crashed start
+                problem = f"invalid data ({_short(error)})"
         if problem:
             self._set_aside(problem)
             return None
@@ -61,10 +91,14 @@ class StateStore:
         return data
 
     def save(self, data: dict[str, Any]) -> None:
-        """Replace the state file with data, atomically; raise StateError on failure."""
+        """Replace the state file with data, atomically; raise StateError on failure (data
+        that is not JSON, e.g. a NaN, too: counted like a full disk, never a crash)."""
         envelope = {"format": FORMAT, "version": VERSION, "saved_at": time.time(), "data": data}
-        # Serialise first: a TypeError here is a bug, and it must not leave a file behind.
-        payload = json.dumps(envelope, allow_nan=False, separators=(",", ":")).encode()
+        # Serialised first: bad data must leave no file behind and keep the good one.
+        try:
+            payload = json.dumps(envelope, allow_nan=False, separators=(",", ":")).encode()
+        except (ValueError, TypeError, RecursionError) as error:
+            raise StateError(f"cannot save state to {self.path}: not JSON ({error})") from error
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{self.name}.", suffix=".tmp")
@@ -119,12 +153,58 @@ def _envelope_problem(envelope: object) -> str | None:
     if not isinstance(envelope, dict):
         return f"expected a JSON object, got {type(envelope).__name__}"
     if envelope.get("format") != FORMAT:
-        return f"format {envelope.get('format')!r}, expected {FORMAT!r}"
-    if envelope.get("version") != VERSION:
-        return f"version {envelope.get('version')!r}, expected {VERSION}"
+        return f"format {_short(envelope.get('format'))}, expected {FORMAT!r}"
+    version = envelope.get("version")
+    if type(version) is not int or version != VERSION:
+        return f"version {_short(version)}, expected {VERSION}"
+    saved_at = envelope.get("saved_at")
+    if isinstance(saved_at, bool) or not isinstance(saved_at, int | float):
+        return f"saved_at {_short(saved_at)} is not a number"
     if not isinstance(envelope.get("data"), dict):
         return "no 'data' object"
     return None
+
+
+def _depth_problem(value: object) -> str | None:
+    """Nesting deeper than MAX_DEPTH, found without recursion."""
+    level: list[object] = [value]
+    for _ in range(MAX_DEPTH + 1):
+        below: list[object] = []
+        for item in level:
+            if isinstance(item, dict):
+                below.extend(item.values())
+            elif isinstance(item, list):
+                below.extend(item)
+        if not below:
+            return None
+        level = below
+    return f"nested deeper than {MAX_DEPTH} levels"
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a save writes")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 19:  # beyond 64 bits: no save writes it
+        raise ValueError(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:24]} is beyond a double")
+    return value
+
+
+def _short(value: object) -> str:
+    """A bounded text for a log line, whatever a hostile file holds."""
+    try:
+        text = str(value) if isinstance(value, Exception) else repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _fsync_directory(directory: Path) -> None:

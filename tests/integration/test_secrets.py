@@ -8,6 +8,8 @@ import os
 import secrets
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -158,3 +160,44 @@ def test_world_readable_secret_file_warns(tmp_path: Path) -> None:
     assert str(key) not in done.stderr  # 0600: no warning for it
     assert "password loaded" in done.stdout
     assert_no_secret("check-config", done.stdout + done.stderr)
+
+
+def test_an_admin_api_that_echoes_the_key_never_gets_it_relayed(
+    etcd_single: EtcdCluster, write_config: Callable[..., Path],
+    run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
+) -> None:
+    """A 401 body quoting the wrong key it was sent (simulator fault echo-key): the smoke
+    report, the log and the status page carry the failure, never the key."""
+    wrong_key = secret_file(tmp_path / "wrong-admin-key", WRONG_ADMIN_KEY)
+    with gateway_sim_process(
+        tmp_path, "--etcd", etcd_single.endpoints[0], "--name", "gw-echo", "--admin-key",
+        ADMIN_KEY, "--workers", "1", "--fault", "echo-key",
+    ) as sim:
+        gateway = {"name": "gw-echo", "admin_url": sim["admin_url"],
+                   "data_url": sim["data_url"], "admin_key_file": str(wrong_key)}
+        etcd = {"endpoints": etcd_single.endpoints, "interval": "1s", "timeout": "800ms",
+                "grpc_probes": False}
+        # The echo is real: the simulator quotes the key (what the scrubber is up against).
+        request = urllib.request.Request(f"{sim['admin_url']}/apisix/admin/routes",
+                                         headers={"X-API-KEY": WRONG_ADMIN_KEY})
+        with pytest.raises(urllib.error.HTTPError) as echoed:
+            urllib.request.urlopen(request, timeout=5)
+        assert WRONG_ADMIN_KEY in echoed.value.read().decode()
+
+        proc = run_watchdog(write_config({"etcd": etcd, "gateways": [gateway],
+                                          "smoke": {"interval": "1s", "timeout": "3s"}}),
+                            env={"WATCHDOG_LOG_LEVEL": "debug"})
+        gate = write_config({"etcd": etcd, "gateways": [gateway]}, name="gate.yml")
+        for output in ("json", "text"):
+            done = watchdog_cli("smoke", "--config", str(gate), "--timeout", "3",
+                                "--output", output, "--log.level", "debug", env={})
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert "auth" in done.stdout and "<redacted>" in done.stdout, done.stdout
+            assert_no_secret(f"smoke --output {output}", done.stdout + done.stderr)
+        wait_until(lambda: "smoke failed gateway=gw-echo" in proc.output(), timeout=15,
+                   what="a failed periodic smoke in the daemon log")
+        for path in ("/", "/metrics", "/readyz"):
+            assert_no_secret(path, proc.get(path)[1])
+        assert proc.stop() == 0
+        assert "<redacted>" in proc.output()
+        assert_no_secret("the daemon log", proc.output())

@@ -10,18 +10,21 @@ import pty
 import secrets
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import libfaketime, wait_until
 from watchdog.lab.cluster import EtcdCluster, b64, free_port
 from watchdog.lab.gateway_sim import GatewaySim, SimConfig
 
@@ -112,6 +115,7 @@ def run_smoke(config: Path, *args: str, timeout: float = 30) -> tuple[subprocess
     done = subprocess.run(smoke_cmd(config, *args), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, cwd=REPO)
     return done, launched, time.time()
+
 
 
 def canaries(cluster: EtcdCluster) -> list[tuple[str, str]]:
@@ -325,6 +329,67 @@ def test_signal_mid_gate_deletes_the_canary_and_exits_1(
     assert "Traceback" not in err
 
 
+# -- leftover canaries ---------------------------------------------------------------
+
+
+def test_a_canary_left_by_a_killed_run_is_swept_and_a_concurrent_one_is_not(
+    etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    preload = libfaketime()
+    key = "sweep-" + secrets.token_hex(8)
+    keys = key_file(tmp_path, key)
+    stale = sims.start(etcd_single, "stale", key, faults={"stale"})
+    ok = sims.start(etcd_single, "ok", key)
+    stale_config = write_config(smoke_config(etcd_single, [gateway_entry(stale, keys)]),
+                                name="stale.yml")
+    ok_config = write_config(smoke_config(etcd_single, [gateway_entry(ok, keys)]), name="ok.yml")
+    running: list[subprocess.Popen[str]] = []
+
+    def start(*cmd: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL, cwd=REPO, env={**os.environ, **(env or {})})
+        running.append(proc)
+        return proc
+
+    try:
+        # A run of another pipeline, mid-propagation right now (started first: every run
+        # sweeps, and this one must not see the leftover yet).
+        concurrent = start(*smoke_cmd(stale_config, "--timeout", "30", "--output", "json"))
+        wait_until(lambda: len(canaries(etcd_single)) == 1, timeout=15, interval=0.05,
+                   what="the concurrent run's canary")
+        [(fresh_key, _)] = canaries(etcd_single)
+        # A run two hours ago by its clock, killed (-9) while its canary propagates. The
+        # library is preloaded directly (not through the faketime wrapper, which would be
+        # the process killed).
+        killed = start(*smoke_cmd(stale_config, "--timeout", "30"),
+                       env={"LD_PRELOAD": preload, "FAKETIME": "-2h"})
+        wait_until(lambda: len(canaries(etcd_single)) == 2, timeout=15, interval=0.05,
+                   what="the killed run's canary")
+        killed.kill()
+        killed.communicate(timeout=5)
+        [left_key] = [k for k, _ in canaries(etcd_single) if k != fresh_key]
+        left_id = left_key.rsplit("/", 1)[-1]
+
+        done, _, _ = run_smoke(ok_config, "--output", "json", "--timeout", "10")
+
+        assert done.returncode == 0, done.stdout + done.stderr
+        gw = report_of(done)["gateways"][0]
+        assert gw["swept"] == [left_id] and gw["sweep_failed"] == []
+        assert f"swept 1 leftover canary route(s): {left_id}" in gw["message"]
+        assert [k for k, _ in canaries(etcd_single)] == [fresh_key]  # untouched
+        concurrent.send_signal(signal.SIGINT)
+        out, _ = concurrent.communicate(timeout=15)
+        assert report_of(subprocess.CompletedProcess([], 1, out, ""))["gateways"][0][
+            "canary_deleted"] is True
+        assert canaries(etcd_single) == []
+    finally:
+        for proc in running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=5)
+        delete_keys(etcd_single, CANARY_KEYS)  # whatever a failure left, for the next tests
+
+
 # -- read-only ---------------------------------------------------------------------
 
 
@@ -371,6 +436,96 @@ def test_read_only_on_a_stale_gateway_fails_on_config_lag(
     finally:
         for route_id in route_ids:
             delete_keys(etcd_single, f"/apisix/routes/{route_id}")
+
+
+class HostileMetrics(BaseHTTPRequestHandler):
+    """Gateway Prometheus pages whose loaded revision is nonsense, one per path."""
+
+    values: ClassVar[dict[str, str]] = {"/nan": "NaN", "/inf": "+Inf", "/huge": "1e300", "/negative": "-3",
+              "/above": "1000000000000"}
+
+    def do_GET(self) -> None:
+        value = self.values.get(self.path)
+        if value is None:
+            self.send_error(404)
+            return
+        page = ("# TYPE apisix_etcd_modify_indexes gauge\n"
+                f'apisix_etcd_modify_indexes{{key="max_modify_index"}} {value}\n'
+                f'apisix_etcd_modify_indexes{{key="routes"}} {value}\n'
+                "# TYPE apisix_etcd_reachable gauge\napisix_etcd_reachable 1\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_read_only_fails_on_a_loaded_revision_that_cannot_be(
+    etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    key = "ronan-" + secrets.token_hex(8)
+    keys = key_file(tmp_path, key)
+    nan = sims.start(etcd_single, "nan-index", key, faults={"nan-index"})  # the simulator
+    with serve(HostileMetrics) as hostile:  # and bare pages for the other values
+        entries = [gateway_entry(nan, keys, status_url=None)] + [
+            {"name": path.strip("/"), "admin_url": hostile, "metrics_url": hostile + path}
+            for path in HostileMetrics.values if path != "/nan"]
+        config = write_config(smoke_config(etcd_single, entries))
+        done, _, _ = run_smoke(config, "--read-only", "--output", "json", "--timeout", "5")
+    assert done.returncode == 1, done.stdout + done.stderr
+    gws = by_name(report_of(done))
+    said = {
+        "nan-index": "nan is not a revision", "inf": "inf is not a revision",
+        "huge": "1e+300 is beyond any etcd revision", "negative": "-3 is negative",
+        "above": "1000000000000 is beyond etcd's current revision",
+    }
+    for name, problem in said.items():
+        gw = gws[name]
+        assert (gw["ok"], gw["phase"], gw["reason"]) == (False, "config lag", "protocol"), gw
+        assert "report a loaded config revision that cannot be: " + problem in gw["message"], gw
+        assert gw["config_lag"] is None and gw["elapsed"] < 4.0, gw  # at once, not at the end
+    assert "config lag 0" not in done.stdout
+
+
+def test_read_only_on_a_silent_etcd_ends_by_the_deadline_saying_timeout(
+    sims: SimHost, etcd_single: EtcdCluster, write_config: Callable[..., Path], tmp_path: Path,
+) -> None:
+    key = "rosilent-" + secrets.token_hex(8)
+    keys = key_file(tmp_path, key)
+    gw = sims.start(etcd_single, "ok", key)
+    silent = [socket.create_server(("127.0.0.1", 0), backlog=64) for _ in range(2)]  # never read
+    try:
+        endpoints = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in silent]
+        config = write_config({"etcd": {"endpoints": endpoints, "interval": "5s",
+                                        "timeout": "2s"},
+                               "gateways": [gateway_entry(gw, keys)]})
+        done, _, _ = run_smoke(config, "--read-only", "--output", "json", "--timeout", "3")
+    finally:
+        for s in silent:
+            s.close()
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = report_of(done)
+    [result] = report["gateways"]
+    assert (result["phase"], result["reason"]) == ("config lag", "timeout"), result
+    assert "no answer from etcd by the deadline" in result["message"]
+    assert result["elapsed"] < 3.5, result
+    assert report["elapsed"] < 3.5, report  # two 2 s etcd calls in a row took 4 s and more
 
 
 # -- usage errors -------------------------------------------------------------------

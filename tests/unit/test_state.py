@@ -29,6 +29,13 @@ def names(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir())
 
 
+def nested(levels: int) -> list[Any]:
+    value: list[Any] = [1]
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 def envelope(**changes: Any) -> dict[str, Any]:
     return {"format": "watchdog-state", "version": 1, "saved_at": 1.0, "data": DATA, **changes}
 
@@ -133,9 +140,10 @@ def test_a_directory_that_cannot_exist_raises_state_error(tmp_path: Path) -> Non
 def test_data_that_is_not_json_is_refused_before_touching_the_disk(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     store.save(DATA)
-    with pytest.raises(ValueError, match="Out of range float"):
-        store.save({"steady": float("nan")})
-    with pytest.raises(TypeError):
+    # StateError like a full disk: the daemon counts it, and a shutdown never crashes on it.
+    with pytest.raises(StateError, match=r"not JSON .*Out of range float"):
+        store.save({"steady": float("inf")})
+    with pytest.raises(StateError, match="not JSON"):
         store.save({"when": object()})
     assert store.load() == DATA
     assert names(tmp_path) == ["state.json"]
@@ -160,8 +168,20 @@ def test_temp_files_left_by_a_killed_process_are_removed_on_load(tmp_path: Path)
         (json.dumps(envelope(format="something-else")).encode(), "format 'something-else'"),
         (json.dumps(envelope(version=2)).encode(), "version 2, expected 1"),
         (json.dumps(envelope(data=[1])).encode(), "no 'data' object"),
+        (b'{"format": "watchdog-state", "version": 1, "saved_at": 1, "data": {"x": '
+         + b"9" * 400 + b"}}", "an integer of 400 digits"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (json.dumps(envelope(data={"x": nested(33)})).encode(), "nested deeper than 32 levels"),
+        (json.dumps(envelope(data={"steady": float("nan")})).encode(), "NaN is not a number"),
+        (b'{"format": "watchdog-state", "version": 1, "saved_at": 1, "data": {"x": 1e400}}',
+         "1e400 is beyond a double"),
+        (json.dumps(envelope(version="1")).encode(), "version '1', expected 1"),
+        (json.dumps(envelope(version=True)).encode(), "version True, expected 1"),
+        (json.dumps(envelope(saved_at="yesterday")).encode(), "saved_at 'yesterday' is not"),
     ],
-    ids=["truncated", "binary", "empty", "list", "foreign-format", "foreign-version", "no-data"],
+    ids=["truncated", "binary", "empty", "list", "foreign-format", "foreign-version", "no-data",
+         "400-digits", "100k-deep", "33-deep", "nan", "1e400", "version-string", "version-bool",
+         "saved-at-string"],
 )
 def test_an_unusable_file_is_set_aside_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes, problem: str
@@ -214,3 +234,35 @@ def test_an_unreadable_path_is_ignored_with_a_warning(
 def test_the_name_must_be_a_plain_file_name(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError, match="plain file name"):
         StateStore(tmp_path, name=name)
+
+
+def test_a_file_larger_than_max_bytes_is_set_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("watchdog.state.MAX_BYTES", 1024)
+    StateStore(tmp_path).save({"blob": "x" * 2000})
+    with caplog.at_level(logging.WARNING, logger="watchdog.state"):
+        assert StateStore(tmp_path).load() is None
+    assert "larger than" in caplog.text and "set aside" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("verdict", "problem"),
+    [(lambda data: "wires: expected an object", "wires: expected an object"),
+     (lambda data: data["missing"], "invalid data ('missing')")],
+    ids=["returns-a-problem", "raises"],
+)
+def test_the_validate_hook_sets_aside_data_it_refuses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, verdict: Any, problem: str
+) -> None:
+    StateStore(tmp_path).save(DATA)
+    with caplog.at_level(logging.WARNING, logger="watchdog.state"):
+        assert StateStore(tmp_path, validate=verdict).load() is None
+    assert problem in caplog.text
+    assert [name.split(".corrupt-")[0] for name in names(tmp_path)] == ["state.json"]
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_the_validate_hook_passes_good_data(tmp_path: Path) -> None:
+    StateStore(tmp_path).save(DATA)
+    assert StateStore(tmp_path, validate=lambda data: None).load() == DATA

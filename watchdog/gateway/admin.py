@@ -8,6 +8,7 @@ import aiohttp
 
 from watchdog.config import GatewayConfig
 from watchdog.httpprobe import timed_request
+from watchdog.redact import Redactor
 from watchdog.results import ProbeResult, Reason
 
 ADMIN_PREFIX = "/apisix/admin"
@@ -15,13 +16,15 @@ PROBE_ROUTE_ID = "watchdog-probe-absent"
 
 
 class AdminClient:
-    """Admin API calls for one gateway. The key is sent as X-API-KEY and never logged."""
+    """Admin API calls for one gateway. The key is sent as X-API-KEY and never logged; an
+    answer that echoes it (or a URL's password) comes back with it scrubbed."""
 
     def __init__(self, gateway: GatewayConfig, session: aiohttp.ClientSession) -> None:
         self.gateway = gateway
         self.session = session
         key = gateway.admin_key
         self._headers = {"X-API-KEY": key.get_secret_value()} if key is not None else {}
+        self.redactor = Redactor.for_gateway(gateway)
 
     def _url(self, path: str) -> str:
         return f"{self.gateway.admin_url}{ADMIN_PREFIX}{path}"
@@ -30,9 +33,16 @@ class AdminClient:
         self, method: str, path: str, op: str, timeout: float, ok: tuple[int, ...],
         body: Any = None,
     ) -> ProbeResult:
-        return await timed_request(
+        result = await timed_request(
             self.session, method, self._url(path), api="admin", op=op, timeout=timeout,
             json_body=body, headers=self._headers, ok_status=ok,
+        )
+        if not self.redactor:
+            return result
+        return ProbeResult(
+            result.api, result.op, result.ok, result.duration, result.reason,
+            self.redactor.scrub(result.detail), result.phases, result.status, result.revision,
+            self.redactor.scrub_value(result.body),
         )
 
     async def get_missing_route(self, timeout: float) -> ProbeResult:

@@ -13,9 +13,12 @@ from typing import TextIO
 import aiohttp
 
 from watchdog.config import Config, GatewayConfig
+from watchdog.etcd.client import EtcdHttp
 from watchdog.gateway.smoke import Progress, SmokeResult, run_gate
 from watchdog.gateway.status import TRACKED_DIRS
 from watchdog.httpprobe import make_session
+from watchdog.redact import Redactor, install
+from watchdog.results import Reason
 
 REDRAW = 0.2
 
@@ -56,11 +59,26 @@ async def _show_progress(progress: list[Progress], out: TextIO) -> None:
             out.flush()
 
 
-async def _newest_revision_fn(config: Config):  # type: ignore[no-untyped-def]
-    from watchdog.etcd.job import etcd_clients
+def _etcd_http(config: Config) -> EtcdHttp:
+    """The JSON-gateway client alone (the daemon's module would import gRPC: a second of
+    a short deadline on a busy host)."""
+    etcd = config.etcd
+    tls = etcd.tls
+    return EtcdHttp(
+        etcd.endpoints, insecure_skip_verify=bool(tls and tls.insecure_skip_verify),
+        ca_file=str(tls.ca_file) if tls and tls.ca_file else None,
+        cert_file=str(tls.cert_file) if tls and tls.cert_file else None,
+        key_file=str(tls.key_file) if tls and tls.key_file else None,
+        username=etcd.auth.username if etcd.auth else None,
+        password=etcd.auth.password.get_secret_value() if etcd.auth else None,
+    )
 
-    http, _ = etcd_clients(config.etcd.model_copy(update={"grpc_probes": False}))
+
+async def _newest_revision_fn(config: Config):  # type: ignore[no-untyped-def]
+    http = _etcd_http(config)
     prefix = config.etcd.prefix.rstrip("/")
+    revision: list[int | None] = [None]  # etcd's revision at the last read
+    failure: list[Reason | None] = [None]  # why the last read failed
 
     async def newest() -> int | None:
         for url in config.etcd.endpoints:
@@ -69,18 +87,28 @@ async def _newest_revision_fn(config: Config):  # type: ignore[no-untyped-def]
                 for d in TRACKED_DIRS
             ))
             if all(r.ok and isinstance(r.body, int) for r in results):
+                revisions = [r.revision for r in results if r.revision is not None]
+                revision[0], failure[0] = max(revisions) if revisions else None, None
                 return max(int(r.body) for r in results)  # type: ignore[call-overload]
+            failure[0] = next((r.reason for r in results if r.reason is not None), None)
         return None
 
-    return http, newest
+    async def current() -> int | None:
+        return revision[0]
+
+    return http, newest, current, lambda: failure[0]
 
 
 async def gate_all(
     config: Config, gateways: list[GatewayConfig], timeout: float, read_only: bool,
-    progress_out: TextIO | None,
+    progress_out: TextIO | None, redactor: Redactor | None = None,
+    started: float | None = None,
 ) -> tuple[list[SmokeResult], bool]:
     """Run every gateway's gate in parallel; returns the results and whether a signal
-    interrupted the run. Canaries are deleted in every case."""
+    interrupted the run. Canaries are deleted in every case. The gates end `timeout`
+    seconds after `started` (a time.monotonic(); default now)."""
+    started = time.monotonic() if started is None else started
+    redactor = redactor or Redactor.from_config(config)
     progress = [Progress(gw.name) for gw in gateways]
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -96,17 +124,19 @@ async def gate_all(
     session = make_session(connector=aiohttp.TCPConnector(force_close=True, limit=0),
                            timeout=aiohttp.ClientTimeout(total=None))
     http = None
-    newest = None
+    newest = current = failure = None
     display = None
     try:
         if read_only:
-            http, newest = await _newest_revision_fn(config)
+            http, newest, current, failure = await _newest_revision_fn(config)
         if not interrupted.is_set():  # else a signal came before any gate wrote anything
+            left = max(0.1, timeout - (time.monotonic() - started))  # setup counts too
             tasks += [
                 asyncio.create_task(run_gate(
-                    gw, session, timeout, poll_interval=config.smoke.poll_interval,
+                    gw, session, left, poll_interval=config.smoke.poll_interval,
                     read_only=read_only, newest_config_revision=newest, progress=p,
                     call_timeout=min(gw.timeout or config.etcd.timeout, timeout),
+                    redactor=redactor, etcd_revision=current, etcd_failure=failure,
                 ), name=f"smoke:{gw.name}")
                 for gw, p in zip(gateways, progress, strict=True)
             ]
@@ -141,7 +171,10 @@ def run_smoke_command(
     live = sys.stderr if output == "text" and sys.stderr.isatty() and \
         os.environ.get("TERM") != "dumb" else None
     started = time.monotonic()
-    results, interrupted = asyncio.run(gate_all(config, gateways, timeout, read_only, live))
+    redactor = Redactor.from_config(config)
+    install(redactor)  # every log line of this run, whatever logs it
+    results, interrupted = asyncio.run(gate_all(config, gateways, timeout, read_only, live,
+                                                redactor, started))
     ok = all(r.ok for r in results) and not interrupted
     if output == "json":
         report = {
@@ -149,10 +182,10 @@ def run_smoke_command(
             "elapsed": round(time.monotonic() - started, 3),
             "gateways": [r.to_dict() for r in results],
         }
-        print(json.dumps(report, indent=2))
+        print(json.dumps(redactor.scrub_value(report), indent=2))
     else:
         for result in results:
-            print(verdict(result))
+            print(redactor.scrub(verdict(result)))
         synced = sum(r.ok for r in results)
         print(f"{synced}/{len(results)} gateways synced" + (" (interrupted)" if interrupted
                                                             else ""))

@@ -3,6 +3,11 @@
 Per gateway: wait for the data plane to answer, for /status/ready when configured, write
 the canary through the admin API, poll the data plane until it answers 302 with the
 canary's Location, and delete the canary whatever happened (timeout, error, signal).
+
+A canary's id carries the Unix time it was written (``watchdog-canary-<unix>-<12 hex>``), so
+a later run can tell a leftover (a SIGKILL mid-gate, a delete that failed while etcd was
+down) from a concurrent run's canary: beside each write, canaries of this exact shape
+older than ``sweep_older_than`` are deleted and reported.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -20,8 +26,15 @@ import aiohttp
 
 from watchdog.config import GatewayConfig
 from watchdog.gateway.admin import AdminClient
-from watchdog.gateway.status import GatewayMetrics, config_lag, read_ready, scrape_metrics
+from watchdog.gateway.status import (
+    GatewayMetrics,
+    config_lag,
+    read_ready,
+    revision_problem,
+    scrape_metrics,
+)
 from watchdog.httpprobe import _classify, timed_request
+from watchdog.redact import Redactor
 from watchdog.results import ProbeResult, Reason
 
 log = logging.getLogger(__name__)
@@ -33,8 +46,24 @@ CANARY_PREFIX = "/__watchdog"
 CANARY_ROUTE_PREFIX = "watchdog-canary-"
 # Answers after which the admin API certainly stored nothing: the canary needs no delete.
 REJECTED = frozenset({400, 401, 403, 404, 405})
+# A canary's life is at most the gate's timeout plus its cleanup; an hour also covers the
+# clock skew between two hosts gating at once.
+SWEEP_AGE = 3600.0
+SWEEP_BATCH = 16  # deletes in flight at once
+CANARY_ID = re.compile(rf"^{CANARY_ROUTE_PREFIX}(\d{{9,11}})-[0-9a-f]{{12}}$")
 
 T = TypeVar("T")
+
+
+def new_nonce(now: float | None = None) -> str:
+    """`<unix seconds>-<12 random hex>`: unique, and dated for a later sweep."""
+    return f"{int(time.time() if now is None else now)}-{secrets.token_hex(6)}"
+
+
+def canary_written_at(route_id: str) -> float | None:
+    """When a canary of this tool was written (from its id), or None if the id is not one."""
+    match = CANARY_ID.match(route_id)
+    return float(match.group(1)) if match else None
 
 
 def canary(nonce: str) -> tuple[str, dict[str, Any], str, str]:
@@ -64,6 +93,8 @@ class SmokeResult:
     read_only: bool = False
     served_at: float | None = None
     config_lag: float | None = None
+    swept: list[str] = field(default_factory=list)  # leftover canaries deleted by this run
+    sweep_failed: list[str] = field(default_factory=list)  # leftovers that could not be
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -152,23 +183,33 @@ async def run_gate(
     newest_config_revision: Callable[[], Awaitable[int | None]] | None = None,
     progress: Progress | None = None,
     call_timeout: float = 5.0,
+    sweep_older_than: float | None = SWEEP_AGE,
+    redactor: Redactor | None = None,
+    etcd_revision: Callable[[], Awaitable[int | None]] | None = None,
+    etcd_failure: Callable[[], Reason | None] | None = None,
 ) -> SmokeResult:
-    """Run the gate for one gateway within `timeout` seconds (the canary's deletion may
-    take up to CLEANUP_TIMEOUT more). When cancelled, the canary is still deleted, the
-    verdict ("interrupted") is left in `progress.result`, and CancelledError is re-raised."""
+    """Run the gate for one gateway within `timeout` seconds (the canary's deletion, and
+    the sweep of leftover canaries older than `sweep_older_than` seconds (None: no sweep),
+    may take up to CLEANUP_TIMEOUT more each). When cancelled, the canary is still deleted,
+    the verdict ("interrupted") is left in `progress.result`, and CancelledError is
+    re-raised. Every text it returns or logs passes `redactor` (default: the gateway's own
+    secrets), so an admin API that echoes the key never gets it relayed."""
     progress = progress or Progress(gateway.name)
     started = time.monotonic()
     deadline = started + timeout
     admin = AdminClient(gateway, session)
-    nonce = secrets.token_hex(6)
+    scrub = (redactor or admin.redactor).scrub
+    nonce = new_nonce()
     route_id, route, path, location = canary(nonce)
     put_task: asyncio.Task[ProbeResult] | None = None
+    sweep_task: asyncio.Task[tuple[list[str], list[str]]] | None = None
+    interrupted = cancelled = False
     result = SmokeResult(gateway.name, False, "starting", "", read_only=read_only)
 
     def phase(name: str, detail: str = "") -> None:
-        progress.phase, progress.detail = name, detail
+        progress.phase, progress.detail = name, scrub(detail)
         result.phase = name
-        log.debug("smoke gateway=%s phase=%s %s", gateway.name, name, detail)
+        log.debug("smoke gateway=%s phase=%s %s", gateway.name, name, progress.detail)
 
     try:
         if gateway.data_url is not None:
@@ -199,7 +240,7 @@ async def run_gate(
         if read_only:
             result.message = await _judge_read_only(
                 gateway, session, deadline, poll_interval, call_timeout,
-                newest_config_revision, phase, result)
+                newest_config_revision, phase, result, etcd_revision, etcd_failure)
             result.ok = True
             phase("done")
             return result
@@ -207,6 +248,9 @@ async def run_gate(
             raise GateError("write", Reason.PROTOCOL,
                             "no data_url configured: the canary cannot be checked "
                             "(set data_url, or use --read-only)")
+        if sweep_older_than is not None:  # beside the write and the wait, off their path
+            sweep_task = asyncio.create_task(
+                sweep_leftovers(admin, sweep_older_than, call_timeout, keep=route_id))
         phase("write", route_id)
         while True:
             # Shielded: on a signal the write finishes first, so the delete cannot overtake it.
@@ -250,9 +294,11 @@ async def run_gate(
         result.ok, result.reason, result.message = False, err.reason, err.message
     except asyncio.CancelledError:
         result.ok, result.message = False, "interrupted"
+        interrupted = True
         raise
     finally:
         result.elapsed = time.monotonic() - started
+        result.message = scrub(result.message)
         # Published before the cleanup: a second signal must not lose the verdict.
         progress.result = result
         if put_task is not None:
@@ -260,13 +306,102 @@ async def run_gate(
             deleted, cancelled = await _to_the_end(_cleanup(admin, route_id, put_task))
             result.canary_deleted = deleted
             if deleted is False:
+                hint = ("a smoke run sweeps it once it is an hour old" if sweep_older_than
+                        is not None else "delete it by hand")
                 result.message += (f"; WARNING: canary route {route_id} could not be deleted "
-                                   "(delete it by hand)")
+                                   f"({hint})")
             if deleted is None:
-                result.canary_route = None  # the admin API stored nothing
+                result.canary_route = None  # nothing stored, or nothing known to be
             if cancelled:  # a signal during the cleanup: the verdict stands, the task ends
-                raise asyncio.CancelledError
+                interrupted = True
+        if sweep_task is not None:
+            await _finish_sweep(sweep_task, result, interrupted)
+        result.message = scrub(result.message)
+        if cancelled:
+            raise asyncio.CancelledError
     return result
+
+
+async def _finish_sweep(task: asyncio.Task[tuple[list[str], list[str]]], result: SmokeResult,
+                        interrupted: bool) -> None:
+    """Wait for the sweep (bounded by CLEANUP_TIMEOUT) and report it; after a signal it is
+    cancelled instead: leftovers wait for the next run."""
+    if interrupted:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return
+    try:
+        result.swept, result.sweep_failed = await task
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if result.swept:
+        result.message += (f"; swept {len(result.swept)} leftover canary route(s): "
+                           f"{', '.join(result.swept[:5])}")
+    if result.sweep_failed:
+        result.message += ("; WARNING: leftover canary route(s) not deleted: "
+                           f"{', '.join(result.sweep_failed[:5])}")
+
+
+def _listed_routes(body: object) -> list[tuple[str, dict[str, Any]]]:
+    """(id, route) of every route in a list answer (APISIX 3 `list`, APISIX 2 `node.nodes`)."""
+    if not isinstance(body, dict):
+        return []
+    items = body.get("list")
+    if items is None and isinstance(body.get("node"), dict):
+        items = body["node"].get("nodes")
+    routes = []
+    for item in items if isinstance(items, list) else []:
+        value = item.get("value") if isinstance(item, dict) else None
+        if not isinstance(value, dict):
+            continue
+        key = item.get("key")
+        route_id = value.get("id") or (key.rsplit("/", 1)[-1] if isinstance(key, str) else "")
+        if isinstance(route_id, str):
+            routes.append((route_id, value))
+    return routes
+
+
+async def sweep_leftovers(
+    admin: AdminClient, older_than: float, call_timeout: float, keep: str = "",
+    now: float | None = None,
+) -> tuple[list[str], list[str]]:
+    """Delete canaries this tool left behind: ids of the dated canary shape whose route is
+    exactly the canary's (uri and redirect), written more than `older_than` seconds ago.
+    Returns (deleted, not deleted); bounded by CLEANUP_TIMEOUT, never raises for the gate."""
+    swept: list[str] = []
+    failed: list[str] = []
+    now = time.time() if now is None else now
+    try:
+        async with asyncio.timeout(CLEANUP_TIMEOUT):
+            listing = await admin.list_routes(min(call_timeout, CLEANUP_TIMEOUT))
+            if not listing.ok:
+                return swept, failed
+            leftovers = []
+            for route_id, route in _listed_routes(listing.body):
+                written = canary_written_at(route_id)
+                if written is None or route_id == keep or now - written < older_than:
+                    continue
+                _, _, path, location = canary(route_id.removeprefix(CANARY_ROUTE_PREFIX))
+                plugins = route.get("plugins")
+                redirect = plugins.get("redirect") if isinstance(plugins, dict) else None
+                if route.get("uri") != path or not isinstance(redirect, dict) or \
+                        redirect.get("uri") != location:
+                    continue  # our naming, but not our route: never touched
+                leftovers.append(route_id)
+            for start in range(0, len(leftovers), SWEEP_BATCH):
+                batch = leftovers[start:start + SWEEP_BATCH]
+                answers = await asyncio.gather(*(
+                    admin.delete_route(route_id, min(call_timeout, CLEANUP_TIMEOUT))
+                    for route_id in batch))
+                for route_id, answer in zip(batch, answers, strict=True):
+                    (swept if answer.ok else failed).append(route_id)
+    except TimeoutError:
+        pass
+    if swept:
+        log.info("leftover canaries swept gateway=%s routes=%s", admin.gateway.name,
+                 ",".join(swept))
+    return swept, failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,15 +491,23 @@ async def _not_served(admin: AdminClient, route_id: str, last: Served, waited: f
 
 async def _cleanup(admin: AdminClient, route_id: str,
                    put_task: asyncio.Task[ProbeResult]) -> bool | None:
-    """Delete the canary once its write has finished; None when nothing was stored."""
+    """Delete the canary once its write has finished. True: gone; False: written and not
+    deleted; None: nothing stored, or a failed write (a 503, a timeout) whose delete failed
+    too, so nobody knows whether a canary exists."""
     put = await put_task  # bounded by its own timeout
     if not put.ok and _stored_nothing(put):
         return None
     deleted = await admin.delete_route(route_id, CLEANUP_TIMEOUT)
-    if not deleted.ok:
+    if deleted.ok:
+        return True
+    if put.ok:
         log.warning("canary not deleted gateway=%s route=%s reason=%s detail=%s",
                     admin.gateway.name, route_id, deleted.reason, deleted.detail)
-    return deleted.ok
+        return False
+    log.info("canary write failed and its delete too gateway=%s route=%s reason=%s; a "
+             "canary that landed anyway is swept by a later run", admin.gateway.name,
+             route_id, deleted.reason)
+    return None
 
 
 async def _judge_read_only(
@@ -376,9 +519,13 @@ async def _judge_read_only(
     newest_config_revision: Callable[[], Awaitable[int | None]] | None,
     phase: Callable[[str, str], None],
     result: SmokeResult,
+    etcd_revision: Callable[[], Awaitable[int | None]] | None = None,
+    etcd_failure: Callable[[], Reason | None] | None = None,
 ) -> str:
     """Read-only verdict: the status API says ready and the config lag reaches 0.
-    Returns the success message; raises GateError otherwise."""
+    Returns the success message; raises GateError otherwise. A gateway that reports no
+    possible revision (NaN, negative, beyond etcd's current revision) fails at once, with
+    reason protocol; one that reports more than etcd's newest config is not in sync."""
     ready = "ready" if gateway.status_url is not None else ""
     if gateway.metrics_url is None or newest_config_revision is None:
         if not ready:
@@ -389,8 +536,23 @@ async def _judge_read_only(
     while True:
         scraped, metrics = await scrape_metrics(session, gateway.metrics_url,
                                                 _left(deadline, call_timeout))
-        newest = await newest_config_revision()
+        etcd_timed_out = False
+        try:  # bounded by the gate's deadline, whatever the etcd client's own timeout
+            async with asyncio.timeout(max(0.05, deadline - time.monotonic())):
+                newest = await newest_config_revision()
+        except TimeoutError:
+            newest, etcd_timed_out = None, True
         loaded = metrics.max_modify_index if metrics is not None else None
+        problem = revision_problem(loaded)
+        current = await etcd_revision() if etcd_revision is not None and loaded is not None \
+            and not problem and newest is not None and loaded > newest else None
+        if problem is None and current is not None and loaded is not None and loaded > current:
+            problem = f"{loaded:.0f} is beyond etcd's current revision {current}"
+        if problem:
+            raise GateError("config lag", Reason.PROTOCOL,
+                            f"gateway metrics at {gateway.metrics_url} report a loaded config "
+                            f"revision that cannot be: {problem} (a broken exporter, or a "
+                            "gateway on another etcd)")
         result.config_lag = lag = config_lag(newest, loaded)
         if lag == 0:
             text = "config lag 0 revisions" + (", /status/ready answers 200" if ready else "")
@@ -401,9 +563,23 @@ async def _judge_read_only(
                                 f"gateway metrics at {gateway.metrics_url} unreadable: "
                                 f"{_describe(scraped)}")
             if newest is None:
-                raise GateError("config lag", Reason.REFUSED,
-                                "cannot read the newest config revision from etcd "
-                                "(etcd.endpoints unreachable?)")
+                failed = Reason.TIMEOUT if etcd_timed_out else (
+                    etcd_failure() if etcd_failure is not None else None) or Reason.REFUSED
+                said = "no answer from etcd by the deadline" if failed is Reason.TIMEOUT \
+                    else f"etcd failed ({failed.value})"
+                raise GateError("config lag", failed,
+                                f"cannot read the newest config revision from etcd: {said} "
+                                "(etcd.endpoints down or overloaded?)")
+            if loaded is None:
+                raise GateError("config lag", Reason.PROTOCOL,
+                                f"gateway metrics at {gateway.metrics_url} have no "
+                                "apisix_etcd_modify_indexes: the loaded config is unknown")
+            if loaded > newest:
+                raise GateError("config lag", Reason.TIMEOUT,
+                                f"the gateway reports config up to revision {loaded:.0f}, but "
+                                f"the newest gateway config in etcd is at revision {newest}: "
+                                "it holds config etcd no longer has (deletes not applied? "
+                                "another etcd?)")
             raise GateError("config lag", Reason.TIMEOUT,
                             f"config lag still {lag:.0f} revisions at the deadline: the "
                             f"gateway has loaded config up to revision {loaded:.0f}, etcd "

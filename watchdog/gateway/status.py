@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import aiohttp
@@ -66,8 +67,32 @@ async def scrape_metrics(
     return result, GatewayMetrics(reachable, newest, indexes.get("x_etcd_index"))
 
 
-def config_lag(newest_in_etcd: int | None, loaded: float | None) -> float | None:
-    """Revisions between the newest gateway config in etcd and what the gateway loaded."""
-    if newest_in_etcd is None or loaded is None:
+MAX_REVISION = float(2**53)  # etcd revisions are int64; a page beyond this is no revision
+
+
+def revision_problem(loaded: float | None) -> str | None:
+    """Why a revision a gateway reports cannot be one (NaN, infinite, negative, fractional,
+    beyond any etcd's reach), or None."""
+    if loaded is None:
         return None
-    return max(0.0, float(newest_in_etcd) - loaded)
+    if not math.isfinite(loaded):
+        return f"{loaded} is not a revision"
+    if loaded < 0:
+        return f"{loaded:g} is negative"
+    if loaded > MAX_REVISION:
+        return f"{loaded:g} is beyond any etcd revision"
+    if loaded != int(loaded):
+        return f"{loaded:g} is not a whole revision"
+    return None
+
+
+def config_lag(newest_in_etcd: int | None, loaded: float | None) -> float | None:
+    """Revisions between the newest gateway config in etcd and what the gateway loaded.
+
+    None when either is unknown, when the gateway reports no possible revision, or when it
+    reports more than etcd holds (no lag says that: it is not in sync either)."""
+    if newest_in_etcd is None or loaded is None or revision_problem(loaded):
+        return None
+    if loaded > newest_in_etcd:
+        return None
+    return float(newest_in_etcd) - loaded

@@ -84,6 +84,8 @@ class AdminApi:
         if given == self.config.admin_key:
             return None
         body: dict[str, str] = {"error_msg": "failed to check token"}
+        if "echo-key" in self.sim.faults:  # a careless server quoting the key it was sent
+            body["error_msg"] = f"failed to check token: wrong apikey {given!r}"
         if version_at_least(self.config.version, 3, 10):
             body["description"] = "missing apikey" if not given else "wrong apikey"
         return self.response(401, body, api_version=False)

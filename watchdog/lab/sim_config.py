@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-KNOWN_FAULTS: frozenset[str] = frozenset({"init-hang", "watch-leak", "slow-admin", "stale", "shim"})
+KNOWN_FAULTS: frozenset[str] = frozenset({"init-hang", "watch-leak", "slow-admin", "stale", "shim",
+                                         "echo-key", "nan-index"})
 SYNC_MODES = ("legacy", "modern")
 METRICS_PATH = "/apisix/prometheus/metrics"
 DEFAULT_ADMIN_KEY = "edd1c9f034335f136f87ad84b625c8f1"  # config.yaml default up to 3.9.x

@@ -54,10 +54,13 @@ class StatusApi:
             indexes["prev_index"] = worker.revision
         if x_etcd_index is not None:
             indexes["x_etcd_index"] = x_etcd_index
+        shown: dict[str, object] = dict(indexes)
+        if "nan-index" in self.core.faults:  # a broken exporter: not a revision at all
+            shown = {k: ("NaN" if k != "x_etcd_index" else v) for k, v in indexes.items()}
         out = [
             "# HELP apisix_etcd_modify_indexes Etcd modify index for APISIX keys",
             "# TYPE apisix_etcd_modify_indexes gauge",
-            *(f'apisix_etcd_modify_indexes{{key="{k}"}} {v}' for k, v in sorted(indexes.items())),
+            *(f'apisix_etcd_modify_indexes{{key="{k}"}} {v}' for k, v in sorted(shown.items())),
             "# HELP apisix_etcd_reachable Config server etcd reachable from APISIX, "
             "0 is unreachable",
             "# TYPE apisix_etcd_reachable gauge",
