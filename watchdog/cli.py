@@ -212,6 +212,9 @@ def run(config_file: Path, listen: tuple[str, ...], telemetry_path: str,
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reload handler is in place
     setup_logging(log_level, log_format)
     config = load_or_exit(config_file)
+    from watchdog.redact import Redactor, install
+
+    install(Redactor.from_config(config))  # no configured secret reaches a log line
     for address in listen:
         try:
             _check_listen(address)

@@ -21,7 +21,7 @@ from watchdog.render import Renderer
 from watchdog.scheduler import Job, run_every
 from watchdog.snapshot import Snapshot
 from watchdog.state import StateError, StateStore
-from watchdog.tripwire import TripwireBank, TripwireSettings
+from watchdog.tripwire import TripwireBank, TripwireSettings, saved_state_problem
 from watchdog.webconfig import WebServerConfig
 from watchdog.webserver import ServerLimits
 
@@ -55,7 +55,7 @@ class Daemon:
         self.registry, self.metrics = make_registry(registry)
         self.renderer = Renderer(self.registry, SnapshotCollector(self.snapshot), self.snapshot,
                                  config.etcd.interval, self.metrics.renders.inc)
-        self.state = StateStore(Path(config.state_dir))
+        self.state = StateStore(Path(config.state_dir), validate=saved_state_problem)
         self.etcd = self._etcd_job()
         self.gateways: object | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -95,7 +95,11 @@ class Daemon:
                 data["tripwire"], max_age=self.config.tripwire.state_max_age
             ):
                 log.warning("state: %s", warning)
-            log.info("learned state loaded dir=%s", self.config.state_dir)
+            wires = self.tripwire.wire_count()
+            if wires:
+                log.info("learned state loaded dir=%s wires=%d", self.config.state_dir, wires)
+            else:
+                log.info("no usable learned state dir=%s: learning afresh", self.config.state_dir)
 
     def save_state(self, data: dict[str, object] | None = None) -> None:
         try:
@@ -155,10 +159,13 @@ class Daemon:
         moved = Path(config.state_dir) != Path(self.config.state_dir)
         self.config = config
         self.tripwire = make_tripwire(config, self.clock)
-        self.state = StateStore(Path(config.state_dir))
+        self.state = StateStore(Path(config.state_dir), validate=saved_state_problem)
         if moved:
             self.save_state(learned)
         self.reducer.reconfigure(config, self.tripwire)
+        from watchdog.redact import Redactor, install
+
+        install(Redactor.from_config(config))  # the new config's secrets
         self.etcd = self._etcd_job(discover_first=True)
         self.gateways = None
         self.renderer.min_interval = config.etcd.interval

@@ -28,6 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from watchdog import __version__
+from watchdog.etcd.exposure import headroom as headroom_of
 from watchdog.snapshot import GatewayState, PeerState, Snapshot
 
 PHASES = ("connect", "tls", "processing", "transfer")
@@ -152,9 +153,19 @@ class SnapshotCollector(Collector):
         cycle = _gauge("watchdog_etcd_peer_poll_cycle",
                        "The etcd poll cycle whose results this peer's series show.")
         up = _gauge("watchdog_etcd_peer_up",
-                    "1 if the last poll of the peer's /metrics succeeded, 0 if it failed.")
-        info = _gauge("watchdog_etcd_peer_info", "Identity of the etcd peer (always 1).",
-                      ["peer", "member_id", "version", "tls", "endpoint"])
+                    "1 if the peer answered its API in the last poll (a JSON or gRPC read, or "
+                    "an etcd auth refusal), 0 if it did not.")
+        page_up = _gauge("watchdog_etcd_metrics_up",
+                         "1 if the peer's /metrics page answered with etcd's metrics, 0 if not; "
+                         "absent on backends that have no such page (antietcd).")
+        info = _gauge("watchdog_etcd_peer_info", "Identity of the etcd peer (always 1). "
+                      "backend: etcd, kine, etcd-adapter, antietcd or unknown, told from what "
+                      "the server serves, not from the version it claims.",
+                      ["peer", "member_id", "version", "tls", "endpoint", "backend"])
+        limit = _gauge("watchdog_etcd_stream_limit",
+                       "Concurrent streams the peer's JSON gateway connection allows (250 on "
+                       "TLS before 3.4.20 / 3.5.5; else --max-concurrent-streams as configured "
+                       "or learned from a stall); absent when out of reach or unknown.")
         leader = _gauge("watchdog_etcd_peer_is_leader", "1 on the current raft leader.")
         has_leader = _gauge("watchdog_etcd_peer_has_leader",
                             "0 when the peer sees no leader: it cannot serve requests.")
@@ -200,12 +211,13 @@ class SnapshotCollector(Collector):
         conn_wire = _gauge("watchdog_etcd_client_connections_tripwire",
                            "1 while client connections exceed factor x steady state.")
         exposed = _gauge("watchdog_etcd_stream_limit_exposed",
-                         "1 when JSON-gateway traffic on this peer shares one HTTP/2 "
-                         "connection capped at 250 streams (TLS on etcd < 3.4.20 / 3.5.5): "
-                         "upgrade etcd or set --max-concurrent-streams.")
+                         "1 when the peer's JSON gateway can stall at a stream limit within "
+                         "reach (250 over TLS on etcd < 3.4.20 / 3.5.5, or a configured or "
+                         "learned --max-concurrent-streams): upgrade etcd, raise the flag, or "
+                         "reduce watch fan-out.")
         headroom = _gauge("watchdog_etcd_stream_limit_headroom",
-                          "250 minus watch streams on an exposed peer. At 0 JSON-gateway "
-                          "calls (APISIX admin, new watches) hang.")
+                          "Stream limit minus watch streams on an exposed peer. At 0 "
+                          "JSON-gateway calls (APISIX admin, new watches) hang.")
         db = _gauge("watchdog_etcd_db_size_bytes", "Physically allocated etcd DB size.")
         db_used = _gauge("watchdog_etcd_db_size_in_use_bytes", "Logically used etcd DB size.")
         quota = _gauge("watchdog_etcd_db_quota_bytes",
@@ -238,7 +250,12 @@ class SnapshotCollector(Collector):
                 continue
             cycle.add_metric(name, p.cycle)
             up.add_metric(name, 1.0 if p.up else 0.0)
-            info.add_metric([p.name, p.member_id, p.version, str(p.tls).lower(), p.endpoint], 1)
+            info.add_metric([p.name, p.member_id, p.version, str(p.tls).lower(), p.endpoint,
+                             p.backend or "unknown"], 1)
+            if p.metrics_up is not None:
+                page_up.add_metric(name, 1.0 if p.metrics_up else 0.0)
+            if p.stream_limit is not None:
+                limit.add_metric(name, p.stream_limit)
             poll_seconds.add_metric(name, p.poll_duration)
             if p.is_leader is not None:
                 leader.add_metric(name, 1.0 if p.is_leader else 0.0)
@@ -283,8 +300,9 @@ class SnapshotCollector(Collector):
                 conn_wire.add_metric(name, 1.0 if cs.tripped else 0.0)
             if p.exposed is not None:
                 exposed.add_metric(name, 1.0 if p.exposed else 0.0)
-                if p.exposed and m is not None and m.watch_streams is not None:
-                    headroom.add_metric(name, 250 - m.watch_streams)
+                room = headroom_of(m.watch_streams if m else None, p.exposed, p.stream_limit)
+                if room is not None:
+                    headroom.add_metric(name, room)
             if p.revision is not None:
                 revision.add_metric(name, p.revision)
             for (api, op), result in sorted(p.probes.items()):
@@ -294,7 +312,8 @@ class SnapshotCollector(Collector):
                         phase.add_metric([p.name, op, ph], seconds)
 
         yield from (
-            cycle, up, info, leader, has_leader, changes, streams, watchers, slow, grpc_open, conns,
+            cycle, up, page_up, info, limit, leader, has_leader, changes, streams, watchers,
+            slow, grpc_open, conns,
             by_remote, gap, expected, steady, ratio, wire, wire_for, conn_steady, conn_wire,
             exposed, headroom, db, db_used, quota, fds, max_fds, revision, poll_seconds,
             success, phase, fsync, commit,

@@ -123,7 +123,9 @@ def apply_polls(prev: Snapshot, polls: Iterable[PeerPoll], now: float, wires: Tr
 def _polled_peer(old: PeerState, poll: PeerPoll, cycle: int, now: float,
                  wires: TripwireBank) -> PeerState:
     probes = dict(old.probes)
-    calls = dict(old.calls)
+    # A transport the backend lacks (gRPC on antietcd, say) has no series at all: not a
+    # zero, not a failure.
+    calls = {key: c for key, c in old.calls.items() if key[0] not in poll.unavailable}
     for result in poll.probes:
         key = (result.api, result.op)
         probes[key] = result
@@ -150,6 +152,11 @@ def _polled_peer(old: PeerState, poll: PeerPoll, cycle: int, now: float,
         connections=poll.connections,
         member_id=poll.member_id or old.member_id, version=poll.version or old.version,
         is_leader=poll.is_leader if poll.up else None, exposed=poll.exposed,
+        stream_limit=poll.stream_limit, backend=poll.backend or old.backend,
+        reported_version=poll.reported_version or old.reported_version,
+        metrics_up=poll.metrics_up,
+        metrics_reason=poll.metrics_reason.value if poll.metrics_reason else "",
+        unavailable=poll.unavailable, notes=poll.notes,
         revision=poll.revision if poll.revision is not None else old.revision,
         probes=frozen_map(probes), calls=frozen_map(calls), poll_failures=poll_failures,
         wires=frozen_map(wire_states), history=history,

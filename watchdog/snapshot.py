@@ -104,6 +104,13 @@ class PeerState:
     revision: int | None = None
     is_leader: bool | None = None
     exposed: bool | None = None
+    stream_limit: int | None = None
+    backend: str = ""  # etcd, kine, etcd-adapter, antietcd, unknown ("": not told yet)
+    reported_version: str = ""  # what a shim claims to be
+    metrics_up: bool | None = None  # its /metrics page; None: the backend has none
+    metrics_reason: str = ""
+    unavailable: frozenset[str] = frozenset()  # signals the backend cannot provide
+    notes: tuple[str, ...] = ()
     expected_streams: float | None = None
     wires: Mapping[str, WireState] = field(default_factory=frozen_map)
     history: tuple[tuple[float, float | None, float | None], ...] = ()

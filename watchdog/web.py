@@ -144,10 +144,19 @@ def sparkline(points: list[tuple[float, float | None, float | None]], factor: fl
 def _probe_cell(peer: PeerState, api: str, op: str) -> str:
     result = peer.probes.get((api, op))
     if result is None:
-        return "<td>–</td>"
+        return f"<td class='muted'>not available on {html.escape(peer.backend)}</td>" \
+            if api in peer.unavailable else "<td>–</td>"
     if result.ok:
         return f'<td class="ok">{_ms(result.duration)}</td>'
     return f'<td class="bad">{html.escape(result.reason or "")}</td>'
+
+
+def _identity(peer: PeerState) -> str:
+    """"3.5.1", or "kine (claims 3.6.11)": what the peer is, then what it says it is."""
+    if peer.backend in ("", "etcd"):
+        return peer.version
+    claims = f" (claims {peer.reported_version})" if peer.reported_version else ""
+    return f"{peer.backend}{claims}"
 
 
 def _peer_row(peer: PeerState, factor: float) -> str:
@@ -159,7 +168,9 @@ def _peer_row(peer: PeerState, factor: float) -> str:
         state = f'<span class="bad">DOWN ({e(peer.poll_reason)})</span>'
     else:
         state = '<span class="ok">up</span>' + (" · leader" if peer.is_leader else "")
-    if ws is None or not ws.armed:
+    if "watch_streams" in peer.unavailable:
+        wire = f'<span class="muted">not available on {e(peer.backend)}</span>'
+    elif ws is None or not ws.armed:
         wire = '<span class="muted">warming up</span>'
     elif ws.tripped:
         wire = f'<span class="bad">TRIPPED {ws.tripped_for:.0f}s</span>'
@@ -171,7 +182,7 @@ def _peer_row(peer: PeerState, factor: float) -> str:
     exposed = "yes" if peer.exposed else ("no" if peer.exposed is False else "?")
     return (
         f"<tr><th>{e(peer.name)}<div class='muted'>{e(peer.endpoint)}</div></th>"
-        f"<td>{state}<div class='muted'>{e(peer.version or '')}</div></td>"
+        f"<td>{state}<div class='muted'>{e(_identity(peer))}</div></td>"
         f"<td>{_fmt(peer.watch_streams)}{ratio}</td><td>{_fmt(steady, 1)}</td>"
         f"<td class='wire'>{wire}</td>"
         f"<td>{sparkline(list(peer.history), factor)}</td>"
