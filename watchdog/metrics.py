@@ -47,7 +47,8 @@ class WatchdogMetrics:
         self.registry = registry
         self.job_runs = Counter(
             "watchdog_job_runs",
-            "Runs of each polling task by outcome (success, timeout, error).",
+            "Runs of each polling task by outcome: success; failed (it ran but observed nothing, "
+            "e.g. no etcd peer answered); timeout; error (it crashed).",
             ["task", "outcome"], registry=registry,
         )
         self.job_duration = Gauge(
@@ -71,7 +72,7 @@ class WatchdogMetrics:
         self.build_info.labels(__version__, platform.python_version()).set(1)
 
     def add_job(self, job: str) -> None:
-        for outcome in ("success", "timeout", "error"):
+        for outcome in ("success", "failed", "timeout", "error"):
             self.job_runs.labels(job, outcome)
 
 

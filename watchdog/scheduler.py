@@ -33,7 +33,9 @@ class Job:
 
 
 async def run_once(job: Job, metrics: WatchdogMetrics, deliver: Deliver | None = None) -> str:
-    """One bounded run of a job; delivers its result and returns and records its outcome."""
+    """One bounded run of a job; delivers its result and returns and records its outcome:
+    success, failed (the run completed, but its result says it observed nothing), timeout
+    or error (it crashed)."""
     started = time.monotonic()
     outcome = "success"
     result: object = None
@@ -52,6 +54,8 @@ async def run_once(job: Job, metrics: WatchdogMetrics, deliver: Deliver | None =
         except Exception:
             outcome = "error"
             log.exception("applying the result failed job=%s", job.name)
+    if outcome == "success" and getattr(result, "failed", False):
+        outcome = "failed"  # it ran, but saw nothing: e.g. every peer's poll failed
     metrics.job_runs.labels(job.name, outcome).inc()
     metrics.job_duration.labels(job.name).set(time.monotonic() - started)
     return outcome

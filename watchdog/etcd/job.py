@@ -33,6 +33,11 @@ class EtcdCycle:
     before: Discovery | None = None
     after: Discovery | None = None
 
+    @property
+    def failed(self) -> bool:
+        """No peer answered: the cycle ran but observed nothing."""
+        return not any(p.up for p in self.polls)
+
 
 def etcd_clients(etcd: EtcdConfig) -> tuple[EtcdHttp, GrpcProber | None]:
     """The JSON-gateway client and the gRPC prober for the configured TLS and auth."""
