@@ -64,7 +64,7 @@ class Daemon:
         snapshot = self.snapshot
         return EtcdJob(
             self.config.etcd, targets=lambda: snapshot().targets,
-            up=lambda: [p.target for p in snapshot().peers.values() if p.up],
+            up=lambda: snapshot().json_healthy(),
             discover_first=discover_first,
         )
 

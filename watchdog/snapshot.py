@@ -168,6 +168,14 @@ class Snapshot:
         """The peers to poll, in name order."""
         return [p.target for p in sorted(self.peers.values(), key=lambda p: p.name)]
 
+    def json_healthy(self) -> list[PeerTarget]:
+        """Peers whose last JSON-gateway read succeeded (a stalled gateway is up through
+        gRPC but not here), else the peers that are up at all."""
+        peers = sorted(self.peers.values(), key=lambda p: p.name)
+        healthy = [p.target for p in peers
+                   if (read := p.probes.get(("json", "range"))) is not None and read.ok]
+        return healthy or [p.target for p in peers if p.up]
+
     def ready(self) -> bool:
         """True once every known peer and gateway has been polled at least once."""
         if not self.peers:

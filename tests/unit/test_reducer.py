@@ -261,3 +261,16 @@ def test_expected_streams_pinned_and_spread(page: PeerMetrics) -> None:
 def test_snapshot_defaults_are_empty() -> None:
     snap = Snapshot()
     assert (snap.cycle, dict(snap.peers), snap.targets, snap.ready()) == (0, {}, [], False)
+
+
+def test_config_lag_is_read_through_a_peer_whose_json_gateway_answers(page: PeerMetrics) -> None:
+    reducer, _, _ = make_reducer()
+    stalled = up_poll(A, page, 250, (probe("json", "range", reason=Reason.TIMEOUT),
+                                     probe("grpc", "range")))
+    _, snap = reducer.apply(EtcdCycle(
+        polls=(stalled, up_poll(B, page, 10, (probe("json", "range"),))),
+        before=Discovery((A, B))))
+    assert snap.peers["etcd-0"].up  # gRPC answers: the stalled peer is up...
+    assert [t.name for t in snap.json_healthy()] == ["etcd-1"]  # ...but not read through
+    _, snap = reducer.apply(EtcdCycle(polls=(stalled, down_poll(B))))
+    assert [t.name for t in snap.json_healthy()] == ["etcd-0"]  # the best there is

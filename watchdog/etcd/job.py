@@ -117,7 +117,7 @@ class EtcdJob:
 
     async def newest_config_revision(self) -> int | None:
         """The newest mod_revision of gateway config in etcd (cached for a second, since
-        every gateway job asks for it), read from a peer that is up."""
+        every gateway job asks for it), read through a peer whose JSON gateway answers."""
         now = time.monotonic()
         cached_at, value = self._newest_cache
         if now - cached_at < 1.0:
