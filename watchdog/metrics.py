@@ -163,6 +163,11 @@ class SnapshotCollector(Collector):
                       "backend: etcd, kine, etcd-adapter, antietcd or unknown, told from what "
                       "the server serves, not from the version it claims.",
                       ["peer", "member_id", "version", "tls", "endpoint", "backend"])
+        alarm = _gauge("watchdog_etcd_alarm",
+                       "1 per alarm active on the peer, as its Status reports: NOSPACE (the "
+                       "DB reached its quota: every write is refused until the alarm is "
+                       "disarmed, even after compaction and defrag), CORRUPT.",
+                       ["peer", "alarm"])
         limit = _gauge("watchdog_etcd_stream_limit",
                        "Concurrent streams the peer's JSON gateway connection allows (250 on "
                        "TLS before 3.4.20 / 3.5.5; else --max-concurrent-streams as configured "
@@ -257,6 +262,8 @@ class SnapshotCollector(Collector):
                 page_up.add_metric(name, 1.0 if p.metrics_up else 0.0)
             if p.stream_limit is not None:
                 limit.add_metric(name, p.stream_limit)
+            for active in p.alarms:
+                alarm.add_metric([p.name, active], 1.0)
             poll_seconds.add_metric(name, p.poll_duration)
             if p.is_leader is not None:
                 leader.add_metric(name, 1.0 if p.is_leader else 0.0)
@@ -313,7 +320,7 @@ class SnapshotCollector(Collector):
                         phase.add_metric([p.name, op, ph], seconds)
 
         yield from (
-            cycle, up, page_up, info, limit, leader, has_leader, changes, streams, watchers,
+            cycle, up, page_up, info, limit, alarm, leader, has_leader, changes, streams, watchers,
             slow, grpc_open, conns,
             by_remote, gap, expected, steady, ratio, wire, wire_for, conn_steady, conn_wire,
             exposed, headroom, db, db_used, quota, fds, max_fds, revision, poll_seconds,

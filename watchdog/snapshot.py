@@ -111,6 +111,7 @@ class PeerState:
     metrics_reason: str = ""
     unavailable: frozenset[str] = frozenset()  # signals the backend cannot provide
     notes: tuple[str, ...] = ()
+    alarms: tuple[str, ...] = ()  # active etcd alarms: NOSPACE (writes refused), CORRUPT
     expected_streams: float | None = None
     wires: Mapping[str, WireState] = field(default_factory=frozen_map)
     history: tuple[tuple[float, float | None, float | None], ...] = ()

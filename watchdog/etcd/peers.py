@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class PeerPoll:
     metrics_reason: Reason | None = None
     unavailable: frozenset[str] = frozenset()
     stream_limit: int | None = None
+    alarms: tuple[str, ...] = ()  # active etcd alarms (NOSPACE, CORRUPT), from Status
     reported_version: str = ""  # what the server claims (kine and etcd-adapter emulate)
     notes: tuple[str, ...] = ()  # short, secret-free findings for the status page
 
@@ -288,6 +290,7 @@ async def poll_peer(
             poll.revision = max(poll.revision or 0, result.revision)
     if status is not None:
         poll.reported_version = status.version
+        poll.alarms = alarms_of(status.errors)
         if status.has_leader and LEADER not in unavailable:
             poll.is_leader = status.is_leader
         if status.member_id and MEMBER_ID not in unavailable:
@@ -338,6 +341,14 @@ def _down_reason(probes: list[ProbeResult], scrape: ProbeResult | None) -> Reaso
     if scrape is not None and scrape.reason is not None:
         return scrape.reason
     return Reason.PROTOCOL
+
+
+_ALARM = re.compile(r"alarm:\s*([A-Z_]+)")
+
+
+def alarms_of(errors: tuple[str, ...]) -> tuple[str, ...]:
+    """Alarm names in Status's `errors` ("memberID:… alarm:NOSPACE "), sorted, once each."""
+    return tuple(sorted({m.group(1) for e in errors for m in _ALARM.finditer(e)}))
 
 
 def _status(probes: list[ProbeResult]) -> EtcdStatus | None:

@@ -422,6 +422,7 @@ class GrpcProber:
                 raft_term=resp.raftTerm or None,
                 raft_index=resp.raftIndex or None,
                 revision=resp.header.revision or None,
+                errors=tuple(str(e) for e in getattr(resp, "errors", ()) or ()),
             )
             return resp.header.revision, info
 
