@@ -342,9 +342,19 @@ def start_antietcd(backend: Backend, workdir: Path, *, tls: bool = False) -> Ser
 
         def ready() -> bool:
             # 503 ("Quorum not available", "Replication failed") until a leader is elected
-            # and its followers have caught up: ready once a write goes through.
+            # and its followers have caught up, and the first leader is often replaced
+            # once the late members join: ready when all agree on one leader and term and
+            # a write goes through.
+            seen = set()
+            for port in ports:
+                status, body = server.http("POST", "/v3/maintenance/status", {}, timeout=2,
+                                           base=f"{scheme}://127.0.0.1:{port}")
+                answer = json.loads(body) if status == 200 else {}
+                if answer.get("raftState") not in ("leader", "follower"):
+                    return False
+                seen.add((answer.get("leader"), answer.get("raftTerm")))
             put = {"key": b64("/watchdog-matrix/ready"), "value": b64("1")}
-            return server.http("POST", "/v3/kv/put", put, timeout=2)[0] == 200
+            return len(seen) == 1 and server.http("POST", "/v3/kv/put", put, timeout=2)[0] == 200
 
         _wait_process(server.procs[0], workdir / "node1.log", ready, 30,
                       f"antietcd {backend.version}")
@@ -425,8 +435,7 @@ def _backend_fixture(backend: Backend) -> Any:
     return running
 
 
-for _backend in RUNNABLE:
-    globals()[fixture_name(_backend)] = _backend_fixture(_backend)
+BACKEND_FIXTURES: dict[str, Any] = {fixture_name(b): _backend_fixture(b) for b in RUNNABLE}
 
 
 # -- results for docs/compatibility.md ----------------------------------------------
@@ -506,3 +515,8 @@ def compat() -> Iterator[CompatResults]:
         yield results
     finally:
         results.save()
+
+
+def fixtures() -> dict[str, Any]:
+    """Every fixture defined here, for a conftest to take in (`globals().update(...)`)."""
+    return {"server_pool": server_pool, "compat": compat, **BACKEND_FIXTURES}

@@ -18,7 +18,7 @@ from typing import Any
 import etcd3
 import pytest
 
-from tests.backends import (  # noqa: F401  (session fixtures used by name)
+from tests.backends import (
     APISIX_PREFIX,
     ETCDS,
     READER,
@@ -28,9 +28,8 @@ from tests.backends import (  # noqa: F401  (session fixtures used by name)
     CompatResults,
     Server,
     ServerPool,
-    compat,
-    server_pool,
 )
+from tests.helpers import wait_until
 from watchdog.etcd.client import EtcdHttp, EtcdStatus, RangeCount, b64
 from watchdog.etcd.probes import GrpcProber
 from watchdog.etcd.promtext import parse_peer_metrics
@@ -113,8 +112,10 @@ def seed(server: Server) -> None:
         server.cluster.put(OTHER_KEY, "x")
     elif backend.kind == "antietcd":
         for key, value in ((ROUTE_KEY, "{}"), (OTHER_KEY, "x")):
-            status, body = server.http("POST", "/v3/kv/put", {"key": b64(key), "value": b64(value)})
-            assert status == 200, body
+            put = {"key": b64(key), "value": b64(value)}
+            # A 503 (no quorum) while a loaded machine delays raft heartbeats: retry.
+            wait_until(lambda: server.http("POST", "/v3/kv/put", put)[0] == 200,  # noqa: B023
+                       timeout=15, interval=0.3, what=f"antietcd accepting a put of {key}")
     else:  # kine: gRPC only, and only its create-if-absent transaction shape
         url = urllib.parse.urlsplit(server.grpc_endpoint)
         client = etcd3.client(url.hostname, url.port, ca_cert=server.ca_file, timeout=5)
