@@ -45,14 +45,15 @@ version_of() {
   esac
 }
 
-# What the build depends on: the folder's files and the toolchain that builds them.
+# What the build depends on: the folder's files, this script (its flags) and the toolchain.
 pin_of() {
   local dir="$HERE/$1" tool
   case "$1" in
     antietcd) tool="node $(node --version 2>/dev/null)" ;;
     *) tool="$(go env GOVERSION 2>/dev/null)" ;;
   esac
-  { echo "$tool"; (cd "$dir" && find . -type f ! -name '*.md' | LC_ALL=C sort | xargs sha256sum); } |
+  { echo "$tool"; sha256sum <"$HERE/build.sh";
+    (cd "$dir" && find . -type f ! -name '*.md' | LC_ALL=C sort | xargs sha256sum); } |
     sha256sum | cut -c1-16
 }
 
@@ -61,7 +62,8 @@ build_go() {
   case "$name" in
     etcd-3.*) (cd "$dir" && go build -ldflags='-s -w' -o "$out/" ./etcd ./etcdctl) ;;
     # kine's own main package, with its release build's SQLite tags (cgo driver).
-    kine) (cd "$dir" && CGO_ENABLED=1 go build -ldflags='-s -w' \
+    kine) (cd "$dir" && CGO_ENABLED=1 go build \
+      -ldflags="-s -w -X github.com/k3s-io/kine/pkg/version.Version=v$(version_of kine)" \
       -tags sqlite_unlock_notify,sqlite_vtable,sqlite_stat4,sqlite_preupdate_hook,sqlite_math_functions,sqlite_dbstat,sqlite_column_metadata \
       -o "$out/kine" github.com/k3s-io/kine) ;;
   esac
