@@ -162,7 +162,8 @@ def require(backend: Backend) -> None:
 
 @dataclass
 class Server:
-    """One running single-node server of a backend."""
+    """One running server of a backend: a single node (antietcd: three members, this the
+    first), its URLs, TLS files and, with etcd auth, the reader's credentials."""
 
     backend: Backend
     client_url: str  # JSON gateway / HTTP API (and gRPC, same port, where served)
@@ -177,7 +178,6 @@ class Server:
     members: int = 1
     cluster: EtcdCluster | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def grpc_endpoint(self) -> str:
@@ -415,6 +415,7 @@ class ServerPool:
 
 @pytest.fixture(scope="session")
 def server_pool() -> Iterator[ServerPool]:
+    """Every matrix server started in this run, stopped at its end."""
     pool = ServerPool()
     try:
         yield pool
@@ -430,7 +431,7 @@ def fixture_name(backend: Backend) -> str:
 def _backend_fixture(backend: Backend) -> Any:
     @pytest.fixture(scope="session", name=fixture_name(backend))
     def running(server_pool: ServerPool) -> Server:
-        """A plain single node of this backend, started once per run."""
+        """This backend served over plain HTTP, started once per run."""
         return server_pool.get(backend)
 
     return running
@@ -511,6 +512,7 @@ class CompatResults:
 
 @pytest.fixture(scope="session")
 def compat() -> Iterator[CompatResults]:
+    """The compatibility results of this run, saved (merged) at its end."""
     results = CompatResults(results_path())
     try:
         yield results

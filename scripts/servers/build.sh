@@ -105,10 +105,12 @@ ensure_one() {
   local tmp="$dest.tmp.$$" started=$SECONDS
   rm -rf "$tmp"; mkdir -p "$tmp" || return 1
   # Explicit checks: `set -e` does not apply inside a function called from `if`.
+  # The toolchains' own chatter (module downloads) goes to a log, shown when a build fails.
+  local log="$CACHE/build-$base-$version.log"
   case "$name" in
-    antietcd) build_npm "$name" "$tmp" || return 1 ;;
-    *) build_go "$name" "$tmp" || return 1 ;;
-  esac
+    antietcd) build_npm "$name" "$tmp" >"$log" 2>&1 ;;
+    *) build_go "$name" "$tmp" >"$log" 2>&1 ;;
+  esac || { tail -n 40 "$log" >&2; return 1; }
   echo "$pin" >"$tmp/.pin" || return 1
   # Swap in whole: a half-built folder never carries a matching stamp.
   rm -rf "$dest" && mv "$tmp" "$dest" || return 1
