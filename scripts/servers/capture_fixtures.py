@@ -78,6 +78,23 @@ class Capture:
         self.save(what, ext, raw, request, f"HTTP {status}")
 
 
+def watch_first_chunk(cap: Capture, server: Server, token: str | None) -> None:
+    """The first line a JSON watch long-poll streams (the `created` answer)."""
+    import urllib.request
+
+    body = {"create_request": {"key": b64("/apisix/"), "range_end": b64(prefix_end("/apisix/"))}}
+    req = urllib.request.Request(server.client_url + "/v3/watch", data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json",
+                                                         **({"Authorization": token} if token else {})})
+    request = f"POST /v3/watch body {json.dumps(body)} with a token (root); first line read"
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT, context=server.ssl_context()) as resp:
+            cap.save("watch-created", "json", resp.readline().rstrip(b"\r\n"), request,
+                     f"HTTP {resp.status}, a stream of JSON objects one per line")
+    except OSError as exc:
+        cap.save("watch-created", "txt", b"", request, f"no answer: {type(exc).__name__}")
+
+
 def reader_token(server: Server) -> str:
     status, raw = server.http("POST", "/v3/auth/authenticate",
                               {"name": READER, "password": READER_PASSWORD}, timeout=TIMEOUT)
@@ -109,6 +126,10 @@ def capture_etcd(cap: Capture, server: Server) -> None:
              note=f" (non-root user {READER} reading outside {APISIX_PREFIX})")
     cap.http(server, "POST", "/v3/kv/range", {"key": b64("/apisix/")}, "error-no_token", "json",
              note=" (auth is on, no token sent)")
+    watch_first_chunk(cap, server, root)
+    cap.http(server, "POST", "/v3/watch", b'{"create_request": {"key": 5}}',
+             "watch-error-bad_request", "json", root,
+             note=f" (key of the wrong type; read for {TIMEOUT:g} s)")
     cap.http(server, "GET", "", None, "metrics", "txt", base=server.metrics_url)
 
 
