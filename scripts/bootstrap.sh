@@ -51,7 +51,8 @@ ensure_test_tools() {
 }
 
 # The real servers of the backend matrix (tests/backends.py): etcd 3.5/3.6/3.7 and kine
-# built with Go from the module proxy, antietcd from npm, Debian's etcd 3.4 with apt. Each
+# built with Go from the module proxy, antietcd from npm, Debian's etcd 3.4 and MariaDB
+# (kine's SQL server) with apt. Each
 # is built once per pin into ${WATCHDOG_CACHE:-~/.cache/watchdog}/servers (outside the
 # checkout); a warm run only compares stamps and prints nothing.
 ensure_servers() {
@@ -62,7 +63,7 @@ ensure_servers() {
     echo "warning: no ${missing[*]}: the backend matrix's servers are not built" \
       "(their tests skip, and fail under CI)" >&2
   fi
-  local names=(etcd-3.4-debian)
+  local names=(etcd-3.4-debian mariadb-debian)
   command -v go >/dev/null && names+=(etcd-3.5 etcd-3.6 etcd-3.7 kine)
   command -v npm >/dev/null && names+=(antietcd)
   "$ROOT/scripts/servers/build.sh" "${names[@]}" ||

@@ -37,6 +37,8 @@ READER = "watchdog"  # the non-root user allowed to read the APISIX prefix only
 READER_PASSWORD = "watchdog-reader-secret"
 ROOT_PASSWORD = "matrix-root-secret"
 APISIX_PREFIX = "/apisix/"
+MARIADBD = Path("/usr/sbin/mariadbd")
+MARIADB_INSTALL_DB = Path("/usr/bin/mariadb-install-db")
 
 
 def cache_dir() -> Path:
@@ -84,15 +86,18 @@ class Backend:
     etcd_auth: bool = True  # etcd's users, roles and tokens
     max_streams_flag: bool = True  # has --max-concurrent-streams
     unavailable: str = ""  # why it cannot be had at all on this project's machines
+    storage: str = ""  # kine's SQL backend: "sqlite" or "mariadb"
+    needs: tuple[Path, ...] = ()  # other programs it runs (its database server)
 
     @property
     def missing(self) -> str | None:
         """Why this backend cannot run here, or None."""
         if self.unavailable:
             return self.unavailable
-        if self.server is None or not self.server.exists():
-            where = self.server or "its package"
-            return f"{self.name} not installed ({where}); scripts/test builds it"
+        for path in (self.server, *self.needs):
+            if path is None or not path.exists():
+                where = path or "its package"
+                return f"{self.name} not installed ({where}); scripts/test builds it"
         return None
 
 
@@ -123,7 +128,13 @@ def _backends() -> list[Backend]:
         Backend(f"kine-{kine_version}", "kine", kine_version,
                 "Go module github.com/k3s-io/kine on SQLite (cgo), built by scripts/servers/build.sh",
                 cache_dir() / f"kine-{kine_version}" / "kine", None, json_gateway=False,
-                metrics="separate", http_watch=False, etcd_auth=False, max_streams_flag=False),
+                metrics="separate", http_watch=False, etcd_auth=False, max_streams_flag=False,
+                storage="sqlite"),
+        Backend(f"kine-{kine_version}-mariadb", "kine", kine_version,
+                "the same kine on MariaDB (Debian package mariadb-server, started on loopback)",
+                cache_dir() / f"kine-{kine_version}" / "kine", None, json_gateway=False,
+                metrics="separate", http_watch=False, etcd_auth=False, max_streams_flag=False,
+                storage="mariadb", needs=(MARIADBD, MARIADB_INSTALL_DB)),
         Backend(f"antietcd-{anti_version}", "antietcd", anti_version, "npm package antietcd",
                 anti_home / "antietcd-app.js", anti_home / "anticli.js", grpc=False,
                 metrics="none", http_watch=False, etcd_auth=False, max_streams_flag=False),
@@ -214,10 +225,9 @@ class Server:
     def stop(self) -> None:
         if self.cluster is not None:
             self.cluster.stop()
-        for proc in self.procs:
+        for proc in self.procs:  # in order: a server before the database under it
             if proc.poll() is None:
                 proc.terminate()
-        for proc in self.procs:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -285,10 +295,39 @@ def start_etcd(backend: Backend, workdir: Path, *, tls: bool = False, auth: bool
                   cluster=cluster)
 
 
+def start_mariadb(workdir: Path, procs: list[subprocess.Popen[bytes]]) -> str:
+    """A private MariaDB on a free loopback port (no grant tables: loopback only, thrown
+    away at the end); its process joins procs. Returns kine's --endpoint for it."""
+    data, port = workdir / "mariadb", free_port()
+    log = workdir / "mariadb.log"
+    with open(log, "ab") as out:
+        subprocess.run([str(MARIADB_INSTALL_DB), "--no-defaults", f"--datadir={data}",
+                        "--auth-root-authentication-method=normal", "--skip-test-db",
+                        "--user=root"], stdout=out, stderr=subprocess.STDOUT,
+                       stdin=subprocess.DEVNULL, check=True, timeout=120)
+    procs.append(_spawn([str(MARIADBD), "--no-defaults", f"--datadir={data}",
+                         f"--socket={workdir / 'mariadb.sock'}", f"--port={port}",
+                         "--bind-address=127.0.0.1", "--user=root", "--skip-grant-tables",
+                         "--skip-log-bin", "--innodb-buffer-pool-size=16M",
+                         f"--pid-file={workdir / 'mariadb.pid'}"], log))
+    _wait_process(procs[-1], log, lambda: _tcp_open(port), 60, "mariadbd")
+    return f"mysql://root@tcp(127.0.0.1:{port})/kine"
+
+
 def start_kine(backend: Backend, workdir: Path, *, tls: bool = False) -> Server:
     port, mport = free_port(), free_port()
     log = workdir / "kine.log"
-    cmd = [str(backend.server), "--endpoint", f"sqlite://{workdir}/state.db",
+    procs: list[subprocess.Popen[bytes]] = []
+    endpoint = f"sqlite://{workdir}/state.db"
+    if backend.storage == "mariadb":
+        try:
+            endpoint = start_mariadb(workdir, procs)
+        except BaseException:
+            for proc in procs:
+                proc.kill()
+                proc.wait(timeout=10)
+            raise
+    cmd = [str(backend.server), "--endpoint", endpoint,
            "--listen-address", f"127.0.0.1:{port}", "--metrics-bind-address", f"127.0.0.1:{mport}"]
     ca = None
     if tls:
@@ -299,9 +338,9 @@ def start_kine(backend: Backend, workdir: Path, *, tls: bool = False) -> Server:
     scheme = "https" if tls else "http"
     # kine serves its metrics port with the same TLS settings as its client port.
     metrics = f"{scheme}://127.0.0.1:{mport}"
+    # kine first: stop() ends it before the database under it.
     server = Server(backend, f"{scheme}://127.0.0.1:{port}", tls, ca, metrics + "/metrics",
-                    workdir=workdir)
-    server.procs.append(_spawn(cmd, log))
+                    workdir=workdir, procs=[_spawn(cmd, log), *procs])
 
     def ready() -> bool:
         return _tcp_open(port) and server.http("GET", "/metrics", base=metrics, timeout=1)[0] == 200

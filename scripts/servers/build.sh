@@ -2,14 +2,15 @@
 # Builds or installs the servers of the backend test matrix, each pinned by the files in
 # its folder beside this script, into a cache outside the checkout:
 #   ${WATCHDOG_CACHE:-$HOME/.cache/watchdog}/servers/<name>-<version>/
-# A server is rebuilt only when its pin (the folder's files, or the Go toolchain) changes,
+# A server is rebuilt only when its pin (its folder's files, this script, the toolchain) changes,
 # so a warm run only compares stamps. Go's module and build caches live in the same cache.
 #
 #   scripts/servers/build.sh [--quiet] [--list] [NAME...]
 #
-# NAME is a folder here (etcd-3.5, etcd-3.6, etcd-3.7, kine, antietcd) or etcd-3.4-debian
-# (Debian's etcd-server/etcd-client with apt). No NAME: all of them. --list prints
-# "name version path" per server and builds nothing. Exit 1 when a build failed.
+# NAME is a folder here (etcd-3.5, etcd-3.6, etcd-3.7, kine, antietcd), etcd-3.4-debian
+# (Debian's etcd-server/etcd-client with apt) or mariadb-debian (mariadb-server, kine's
+# SQL server, with apt). No NAME: all of them. --list prints "name version path" per
+# server and builds nothing. Exit 1 when a build failed.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,7 +27,7 @@ for arg in "$@"; do
     *) NAMES+=("$arg") ;;
   esac
 done
-[ ${#NAMES[@]} -gt 0 ] || NAMES=(etcd-3.4-debian etcd-3.5 etcd-3.6 etcd-3.7 kine antietcd)
+[ ${#NAMES[@]} -gt 0 ] || NAMES=(etcd-3.4-debian mariadb-debian etcd-3.5 etcd-3.6 etcd-3.7 kine antietcd)
 
 say() { [ -n "$QUIET" ] || echo "servers: $*" >&2; }
 
@@ -39,6 +40,7 @@ version_of() {
   local name="$1" dir="$HERE/$1"
   case "$name" in
     etcd-3.4-debian) dpkg-query -W -f '${Version}' etcd-server 2>/dev/null | sed 's/-.*//' ;;
+    mariadb-debian) dpkg-query -W -f '${Version}' mariadb-server 2>/dev/null | sed 's/^[0-9]*://; s/-.*//' ;;
     etcd-3.*) sed -n 's#^[[:space:]]*go.etcd.io/etcd/server/v3 v\([^ ]*\).*#\1#p' "$dir/go.mod" | head -1 ;;
     kine) sed -n 's#^[[:space:]]*github.com/k3s-io/kine v\([^ ]*\).*#\1#p' "$dir/go.mod" | head -1 ;;
     antietcd) sed -n 's#.*"antietcd": *"\([^"]*\)".*#\1#p' "$dir/package.json" | head -1 ;;
@@ -76,23 +78,34 @@ build_npm() {
   (cd "$out" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
 }
 
-ensure_debian_etcd() {
-  if [ -x /usr/bin/etcd ] && [ -x /usr/bin/etcdctl ]; then return 0; fi
-  command -v apt-get >/dev/null || { echo "servers: no apt-get: install etcd-server etcd-client by hand" >&2; return 1; }
-  say "installing Debian's etcd-server and etcd-client (etcd 3.4) with apt"
+# Debian's packages, installed with apt when their binaries are missing.
+ensure_apt() {
+  local what="$1"; shift
+  local binaries=() packages=()
+  case "$what" in
+    etcd-3.4-debian) binaries=(/usr/bin/etcd /usr/bin/etcdctl); packages=(etcd-server etcd-client) ;;
+    mariadb-debian) binaries=(/usr/sbin/mariadbd /usr/bin/mariadb-install-db); packages=(mariadb-server) ;;
+  esac
+  local b missing=""
+  for b in "${binaries[@]}"; do [ -x "$b" ] || missing=1; done
+  [ -n "$missing" ] || return 0
+  command -v apt-get >/dev/null || { echo "servers: no apt-get: install ${packages[*]} by hand" >&2; return 1; }
+  say "installing Debian's ${packages[*]} with apt"
   local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq || return 1
+  # No service is started: the tests run their own servers on loopback.
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    etcd-server etcd-client >/dev/null
+    "${packages[@]}" >/dev/null
 }
 
 ensure_one() {
   local name="$1"
-  if [ "$name" = etcd-3.4-debian ]; then
-    [ -n "$LIST" ] && { echo "$name $(version_of "$name") /usr/bin"; return 0; }
-    ensure_debian_etcd
-    return $?
-  fi
+  case "$name" in
+    *-debian)
+      [ -n "$LIST" ] && { echo "$name $(version_of "$name") /usr"; return 0; }
+      ensure_apt "$name"
+      return $? ;;
+  esac
   [ -d "$HERE/$name" ] || { echo "servers: no such server: $name" >&2; return 2; }
   local version pin dest base
   version="$(version_of "$name")"
