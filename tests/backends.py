@@ -496,6 +496,7 @@ FEATURES: dict[str, str] = {
     "auth_member_list": "auth: MemberList as non-root",
     "stall_plain": "JSON stalls at `--max-concurrent-streams 20`, gRPC answers, plain",
     "stall_tls": "JSON stalls at the stream limit (20; 250 on 3.5.1), gRPC answers, TLS",
+    "daemon": "`watchdog run` (etcd: as the reader): up, version, streams, no probe failure",
 }
 
 

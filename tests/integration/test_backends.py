@@ -10,9 +10,11 @@ names what was observed (strict: the fix turns it into a failure to remove the m
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import etcd3
@@ -28,7 +30,8 @@ from tests.backends import (
     Server,
     ServerPool,
 )
-from tests.helpers import wait_until
+from tests.conftest import WatchdogProcess
+from tests.helpers import all_samples, sample, wait_until
 from watchdog.etcd.client import EtcdHttp, EtcdStatus, RangeCount, b64
 from watchdog.etcd.probes import GrpcProber
 from watchdog.etcd.promtext import parse_peer_metrics
@@ -57,6 +60,12 @@ KNOWN_DEFECTS: dict[tuple[str, str], str] = {
                                  "EtcdHttp.status rejects it as 'protocol: unexpected answer'",
     ("grpc_range", "antietcd"): "gRPC to antietcd (HTTP/1.1 only) is classified 'refused' "
                                 "(UNAVAILABLE: cannot connect), not 'protocol'",
+    ("daemon", "kine"): "watchdog_etcd_peer_up 0 (no /metrics on kine's client port: poll "
+                        "failure 'protocol'), JSON range/status counted as 'protocol' failures "
+                        "every cycle (kine has no JSON gateway), version ''",
+    ("daemon", "antietcd"): "watchdog_etcd_peer_up 0 (/metrics answers 400: poll failure "
+                            "'http'), gRPC range/status counted as 'refused' failures, "
+                            "JSON status as a failure",
 }
 
 
@@ -194,8 +203,6 @@ def test_version(backend: Backend, server_pool: ServerPool, seeded: set[str],
     except OSError as exc:
         status, answer = None, f"no HTTP answer ({type(exc).__name__})"
     if backend.kind == "etcd":
-        import json
-
         data = json.loads(body)
         assert status == 200 and data["etcdserver"] == backend.version, answer
         assert ("storage" in data) == (backend.version >= "3.6"), answer
@@ -433,3 +440,70 @@ async def test_stall(backend: Backend, tls: bool, server_pool: ServerPool,
     assert not stalled.ok and stalled.reason is Reason.TIMEOUT, describe(stalled)
     assert grpc.ok, describe(grpc)
     assert recovered, "JSON reads answer again once the watches are gone"
+
+
+# -- the daemon on each server (etcd: as a read-only non-root user) -------------------------
+
+
+async def watch_as_reader(server: Server, opened: int) -> Storm:
+    status, body = server.http("POST", "/v3/auth/authenticate",
+                               {"name": READER, "password": READER_PASSWORD})
+    assert status == 200, body
+    storm = Storm(server.client_url, ca_file=server.ca_file, token=json.loads(body)["token"])
+    await storm.start(opened)
+    await wait_for(lambda: storm.created >= opened, 10, f"{opened} watches created")
+    return storm
+
+
+@pytest.mark.parametrize("backend", matrix("daemon"))
+async def test_daemon(backend: Backend, server_pool: ServerPool, seeded: set[str],
+                      compat: CompatResults, tmp_path: Path, write_config: Callable[..., Path],
+                      run_watchdog: Callable[..., WatchdogProcess]) -> None:
+    """`watchdog run` on the server: the peer is up with its version, its watch streams
+    equal the server's own count (etcd, with the user `watchdog` that may only read
+    /apisix/), and no probe is counted as failed."""
+    etcd: dict[str, Any] = {"interval": "1s", "timeout": "800ms",
+                            "probe_key": "/apisix/watchdog/probe"}
+    if backend.etcd_auth:
+        server = server_pool.get(backend, auth=True)
+        password = tmp_path / "etcd-password"
+        password.write_text(READER_PASSWORD)
+        password.chmod(0o600)
+        etcd["auth"] = {"username": READER, "password_file": str(password)}
+    else:
+        server = plain(server_pool, seeded, backend)
+    etcd["endpoints"] = [server.client_url]
+    proc = run_watchdog(write_config({"etcd": etcd}))
+    storm = await watch_as_reader(server, 3) if backend.kind == "etcd" else None
+    try:
+        def polled() -> str | None:
+            text = proc.metrics()
+            polls = max((v for _, v in all_samples(
+                text, "watchdog_etcd_probe_duration_seconds_count")), default=0)
+            if polls < 3:
+                return None
+            if storm is not None and sample(text, "watchdog_etcd_watch_streams") != \
+                    metric_watch_streams(server):
+                return None
+            return text
+
+        text = await wait_for(polled, 30, "three polls (etcd: streams = etcd's own)")
+    finally:
+        if storm is not None:
+            await storm.stop()
+    up = sample(text, "watchdog_etcd_peer_up")
+    info = [labels for labels, _ in all_samples(text, "watchdog_etcd_peer_info")]
+    version = info[0].get("version") if len(info) == 1 else None
+    failures = {",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k != "peer"): value
+                for labels, value in all_samples(text, "watchdog_etcd_probe_failures_total")
+                if value}
+    streams = sample(text, "watchdog_etcd_watch_streams")
+    expected_version = backend.version if backend.kind == "etcd" else None
+    ok = up == 1 and not failures and (expected_version is None or version == expected_version)
+    compat.record(backend, "daemon", verdict("daemon", backend, ok),
+                  f"peer_up {up}, version {version!r}, watch streams {streams}, "
+                  f"probe failures {failures or 'none'}")
+    assert up == 1
+    assert not failures, failures
+    if expected_version is not None:
+        assert version == expected_version, info
