@@ -385,6 +385,12 @@ def start_antietcd(backend: Backend, workdir: Path, *, tls: bool = False) -> Ser
             # and its followers have caught up, and the first leader is often replaced
             # once the late members join: ready when all agree on one leader and term and
             # a write goes through.
+            for i, proc in enumerate(server.procs, 1):
+                if proc.poll() is not None:  # a member that lost its port to a race
+                    text = (workdir / f"node{i}.log").read_text(errors="replace")
+                    error = PortTakenError if "EADDRINUSE" in text else RuntimeError
+                    raise error(f"antietcd member node{i} exited with {proc.returncode}: "
+                                f"{' | '.join(text.strip().splitlines()[-3:])}")
             seen = set()
             for port in ports:
                 status, body = server.http("POST", "/v3/maintenance/status", {}, timeout=2,
@@ -396,7 +402,7 @@ def start_antietcd(backend: Backend, workdir: Path, *, tls: bool = False) -> Ser
             put = {"key": b64("/watchdog-matrix/ready"), "value": b64("1")}
             return len(seen) == 1 and server.http("POST", "/v3/kv/put", put, timeout=2)[0] == 200
 
-        _wait_process(server.procs[0], workdir / "node1.log", ready, 30,
+        _wait_process(server.procs[0], workdir / "node1.log", ready, 60,
                       f"antietcd {backend.version}")
     except BaseException:
         server.stop()
