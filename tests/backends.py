@@ -445,6 +445,7 @@ class ServerPool:
         require(backend)
         key = (backend.name, tls, auth, max_streams)
         if key not in self._running:
+            self.root.mkdir(parents=True, exist_ok=True)  # again after close()
             flavour = "-".join(["tls" if tls else "plain"] + (["auth"] if auth else []) +
                                ([f"streams{max_streams}"] if max_streams else []))
             self._running[key] = start_server(backend, self.root / f"{backend.name}-{flavour}",
@@ -452,6 +453,7 @@ class ServerPool:
         return self._running[key]
 
     def close(self) -> None:
+        """Stop every server; a later get() starts its server again."""
         for server in self._running.values():
             server.stop()
         self._running.clear()

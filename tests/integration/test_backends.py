@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,13 @@ async def json_recovers(server: Server, read: Callable[[EtcdHttp], Awaitable[Pro
             return True
         await asyncio.sleep(0.2)
     return False
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_servers_after_this_module(server_pool: ServerPool) -> Iterator[None]:
+    """About twenty idle servers would otherwise run beside the rest of the suite."""
+    yield
+    server_pool.close()
 
 
 # -- smoke: every server ------------------------------------------------------------
