@@ -542,7 +542,7 @@ class CompatResults:
         for name, row in self.cells.items():
             cells.setdefault(name, {}).update(row)
         data = {
-            "generated_by": "tests/integration/test_backends.py",
+            "generated_by": "tests/integration/test_backend_matrix.py",
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "features": [[key, title] for key, title in FEATURES.items()],  # in order
             "backends": [
