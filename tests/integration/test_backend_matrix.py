@@ -506,11 +506,16 @@ async def test_daemon(backend: Backend, server_pool: ServerPool, seeded: set[str
                 if value}
     streams = sample(text, "watchdog_etcd_watch_streams")
     expected_version = backend.version if backend.kind == "etcd" else None
-    ok = up == 1 and not failures and (expected_version is None or version == expected_version)
+    # The `backend` label comes with backend recognition: where it is exported, it must
+    # name the server's kind.
+    named = info[0].get("backend", backend.kind) if len(info) == 1 else None
+    ok = (up == 1 and not failures and named == backend.kind
+          and (expected_version is None or version == expected_version))
     compat.record(backend, "daemon", verdict("daemon", backend, ok),
-                  f"peer_up {up}, version {version!r}, watch streams {streams}, "
-                  f"probe failures {failures or 'none'}")
+                  f"peer_up {up}, version {version!r}, backend {named!r}, watch streams "
+                  f"{streams}, probe failures {failures or 'none'}")
     assert up == 1
     assert not failures, failures
+    assert named == backend.kind, info
     if expected_version is not None:
         assert version == expected_version, info
