@@ -69,3 +69,23 @@ ensure_image_tools() {
   echo "installing ${want[*]} with apt (to build and run the container image in the tests)" >&2
   apt_install "${want[@]}" || echo "warning: could not install ${want[*]}; the tests needing them are skipped" >&2
 }
+
+# The real servers of the backend matrix (tests/backends.py): etcd 3.5/3.6/3.7 and kine
+# built with Go from the module proxy, antietcd from npm, Debian's etcd 3.4 and MariaDB
+# (kine's SQL server) with apt. Each
+# is built once per pin into ${WATCHDOG_CACHE:-~/.cache/watchdog}/servers (outside the
+# checkout); a warm run only compares stamps and prints nothing.
+ensure_servers() {
+  local missing=()
+  command -v go >/dev/null || missing+=(go)
+  command -v npm >/dev/null || missing+=(npm)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "warning: no ${missing[*]}: the backend matrix's servers are not built" \
+      "(their tests skip, and fail under CI)" >&2
+  fi
+  local names=(etcd-3.4-debian mariadb-debian)
+  command -v go >/dev/null && names+=(etcd-3.5 etcd-3.6 etcd-3.7 kine)
+  command -v npm >/dev/null && names+=(antietcd)
+  "$ROOT/scripts/servers/build.sh" "${names[@]}" ||
+    echo "warning: some servers did not build (see above): their tests fail under CI" >&2
+}

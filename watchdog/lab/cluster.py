@@ -458,3 +458,14 @@ class EtcdCluster:
         self.request("/v3/auth/user/add", {"name": "root", "password": self.root_password})
         self.request("/v3/auth/user/grant", {"user": "root", "role": "root"})
         self.request("/v3/auth/enable", {})
+
+    def add_reader(self, user: str, password: str, prefix: str) -> None:
+        """A non-root user allowed to read the keys under prefix and nothing else (role
+        `<user>-read`), made as root when auth is on."""
+        token = self.token()
+        role = f"{user}-read"
+        self.request("/v3/auth/role/add", {"name": role}, token=token)
+        perm = {"permType": "READ", "key": b64(prefix), "range_end": b64(prefix_end(prefix))}
+        self.request("/v3/auth/role/grant", {"name": role, "perm": perm}, token=token)
+        self.request("/v3/auth/user/add", {"name": user, "password": password}, token=token)
+        self.request("/v3/auth/user/grant", {"user": user, "role": role}, token=token)
