@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -85,23 +85,37 @@ def test_hostile_state_files_are_set_aside_and_each_daemon_serves(
 
 
 class HostileEtcd(BaseHTTPRequestHandler):
-    """An etcd /metrics page (captured from etcd 3.5.1) claiming 1e308 watch streams; every
-    other call fails, as from a peer whose APIs are broken."""
+    """An etcd 3.5.1 whose /metrics page (captured from a real one) claims 1e308 watch
+    streams. Its JSON gateway answers reads and Status with real captured answers, so the
+    peer is up (it answers its API) and the absurd sample reaches the trip wire."""
 
     page = (FIXTURES / "etcd" / "etcd-3.5.1-tls-idle.metrics").read_bytes().replace(
         b"etcd_debugging_mvcc_watch_stream_total 0", b"etcd_debugging_mvcc_watch_stream_total 1e308")
+    answers: ClassVar[dict[str, bytes]] = {
+        "/version": (FIXTURES / "etcd" / "etcd-3.5.1-tls-idle_version.json").read_bytes(),
+        "/v3/kv/range": (FIXTURES / "etcd" / "etcd-3.5.1-tls-idle_v3_kv_range.json").read_bytes(),
+        "/v3/maintenance/status": (
+            FIXTURES / "etcd" / "etcd-3.5.1-tls-idle_v3_maintenance_status.json").read_bytes(),
+    }
 
     def do_GET(self) -> None:
-        if self.path != "/metrics":
+        if self.path == "/metrics":
+            self.answer(self.page, "text/plain; version=0.0.4")
+        elif self.path in self.answers:
+            self.answer(self.answers[self.path], "application/json")
+        else:
             self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(self.page)))
-        self.end_headers()
-        self.wfile.write(self.page)
 
-    do_POST = do_GET
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
+
+    def answer(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
