@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import stop_process
 from watchdog.etcd.client import b64
 from watchdog.lab.cluster import EtcdCluster, PortTakenError, TLSFiles, etcd_version, free_port
 
@@ -226,13 +227,7 @@ class Server:
         if self.cluster is not None:
             self.cluster.stop()
         for proc in self.procs:  # in order: a server before the database under it
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_process(proc)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import GiveUp, http_get, wait_until
+from tests.helpers import GiveUp, http_get, stop_process, wait_until
 from watchdog.lab.cluster import EtcdCluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,12 +39,7 @@ def gateway_sim_process(workdir: Path, *args: str, env: dict[str, str] | None = 
         wait_until(ready.exists, timeout=20, what="gateway simulator ready")
         yield json.loads(ready.read_text())
     finally:
-        sim.terminate()
-        try:
-            sim.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait(timeout=5)
+        stop_process(sim, timeout=10)
 
 
 @pytest.fixture(scope="session")

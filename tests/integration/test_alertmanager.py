@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, WatchdogProcess
-from tests.helpers import http_get, require_tool
+from tests.helpers import http_get, require_tool, stop_process
 from tests.integration.test_prometheus_e2e import Prometheus, prometheus, wait_for
 from tests.unit.test_alerts import RUNBOOK_URL, runbook_anchors
 from watchdog.lab.cluster import EtcdCluster, free_port
@@ -146,12 +146,7 @@ def alertmanager(tmp_path: Path, receiver: Receiver) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, timeout=15)
 
 
 def am_alerts(url: str, name: str) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.helpers import wait_until
+from tests.helpers import stop_process, wait_until
 from watchdog.config import EtcdConfig
 from watchdog.etcd.backend import ANTIETCD, ETCD, GRPC, JSON, KINE, METRICS, WATCH_STREAMS
 from watchdog.etcd.client import SPEAKS_PLAIN, SPEAKS_TLS, EtcdHttp
@@ -118,12 +118,7 @@ def process(cmd: list[str], port: int, tmp: Path) -> Iterator[subprocess.Popen[b
         wait_port(port, proc)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, timeout=10)
 
 
 # -- each server ---------------------------------------------------------------------
