@@ -17,6 +17,7 @@ from watchdog.results import ProbeResult, Reason
 
 if TYPE_CHECKING:
     from watchdog.etcd.peers import PeerTarget
+    from watchdog.findings import Finding
     from watchdog.etcd.promtext import PeerMetrics
     from watchdog.etcd.sockets import ConnectionCount
     from watchdog.gateway.smoke import SmokeResult
@@ -107,6 +108,7 @@ class PeerState:
     expected_streams: float | None = None
     wires: Mapping[str, WireState] = field(default_factory=frozen_map)
     history: tuple[tuple[float, float | None, float | None], ...] = ()
+    first_sample: float = 0.0  # when this process first saw the peer's watch streams
 
     @property
     def polled(self) -> bool:
@@ -151,10 +153,12 @@ class Snapshot:
     taken: float = 0.0
     started: float = 0.0
     factor: float = 2.0  # the trip wire's factor, for readers that draw the trip line
+    interval: float = 15.0  # the etcd poll interval, for readers that judge ages
     peers: Mapping[str, PeerState] = field(default_factory=frozen_map)
     gateways: Mapping[str, GatewayState] = field(default_factory=frozen_map)
     discovery_error: str = ""
     discovered: bool = False  # the member list was read (or given up on) at least once
+    findings: tuple[Finding, ...] = ()  # open findings, computed from this snapshot's numbers
 
     @property
     def targets(self) -> list[PeerTarget]:
