@@ -67,8 +67,8 @@ async def diagnose(config: Config, duration: float, smoke: bool = False) -> Repo
         if smokes:
             # A canary run is bounded by smoke.timeout; its cleanup by a little more.
             await asyncio.wait(smokes, timeout=config.smoke.timeout + 15.0)
-            # Let one more poll round see the smoke result held.
-            await asyncio.sleep(min(config.etcd.interval, 5.0))
+            # Long enough after the verdicts for a finding they raise to open.
+            await asyncio.sleep(tracker.open_after + config.etcd.interval)
     finally:
         for task in tasks + smokes:
             task.cancel()

@@ -57,6 +57,7 @@ class Candidate:
     cause: str
     fix: str
     anchor: str  # section of docs/runbook.md
+    open_after: float = 0.0  # held at least this long before it opens (beside the tracker's)
 
     @property
     def id(self) -> str:
@@ -189,9 +190,9 @@ def evaluate(snap: Snapshot, now: float, settings: FindingSettings | None = None
     for peer in peers:
         out += _peer(peer, now, s)
     out += _fanout(peers, now, s)
-    etcd_fast = _etcd_fast(peers, s)
+    etcd_json = _etcd_json(peers)
     for gw in sorted(snap.gateways.values(), key=lambda g: g.name):
-        out += _gateway(gw, now, s, etcd_fast)
+        out += _gateway(gw, now, s, etcd_json)
     out.sort(key=lambda c: (-c.severity.rank, c.kind, c.subject))
     return out
 
@@ -291,7 +292,9 @@ def _peer(p: PeerState, now: float, s: FindingSettings) -> Iterator[Candidate]:
     if m is not None and m.wal_fsync is not None:
         p99 = _quantile(m.wal_fsync.buckets, 0.99)
         total = m.wal_fsync.buckets[-1][1] if m.wal_fsync.buckets else 0
-        if p99 is not None and total >= 20 and p99 > s.fsync_p99:
+        # A p99 means little below a few hundred samples: one slow fsync at start-up would
+        # be the whole tail.
+        if p99 is not None and total >= 200 and p99 > s.fsync_p99:
             yield Candidate(
                 "fsync_slow", Severity.WARNING, "peer", p.name,
                 f"WAL fsync on {p.name} is slow: p99 {_ms(p99)} since start (etcd wants "
@@ -456,13 +459,15 @@ def _fanout(peers: list[PeerState], now: float, s: FindingSettings) -> Iterator[
         "etcdwatchfanoutmismatch")
 
 
-def _etcd_fast(peers: list[PeerState], s: FindingSettings) -> bool:
+def _etcd_json(peers: list[PeerState]) -> float | None:
+    """The median JSON read of the peers that are up (one slow read on a busy host does not
+    make etcd slow); None unless every one succeeded."""
     reads = [p.probes.get(("json", "range")) for p in peers if p.up]
-    ok = [r for r in reads if r is not None and r.ok]
-    return bool(ok) and len(ok) == len(reads) and max(r.duration for r in ok) <= s.etcd_fast
+    ok = sorted(r.duration for r in reads if r is not None and r.ok)
+    return ok[(len(ok) - 1) // 2] if ok and len(ok) == len(reads) else None
 
 
-def _gateway(g: GatewayState, now: float, s: FindingSettings, etcd_fast: bool
+def _gateway(g: GatewayState, now: float, s: FindingSettings, etcd_json: float | None
              ) -> Iterator[Candidate]:
     if not g.polled and g.smoke is None:
         return
@@ -473,13 +478,19 @@ def _gateway(g: GatewayState, now: float, s: FindingSettings, etcd_fast: bool
     slow = admin is not None and (
         (not admin.ok and admin.reason == "timeout")
         or (admin.ok and admin.duration > s.admin_slow))
-    if slow and etcd_fast and admin is not None:
-        said = "timed out" if not admin.ok else f"took {_ms(admin.duration)}"
+    # etcd counts as fast when its median JSON read took under etcd_fast, or under a
+    # quarter of what the admin call waited (a loaded host slows both, not only the gateway).
+    fast = etcd_json is not None and admin is not None and (
+        etcd_json <= s.etcd_fast or etcd_json * 4 <= admin.duration)
+    if slow and fast and admin is not None and etcd_json is not None:
+        said = f"timed out after {_ms(admin.duration)}" if not admin.ok \
+            else f"took {_ms(admin.duration)}"
         yield Candidate(
             "gateway_admin_leak", Severity.WARNING, "gateway", g.name,
-            f"admin API of {g.name} {said} while etcd answers JSON reads fast: the gateway, "
-            "not etcd, is stuck",
-            (Evidence("admin call", said, age),),
+            f"admin API of {g.name} {said} while etcd answers JSON reads in "
+            f"{_ms(etcd_json)}: the gateway, not etcd, is stuck",
+            (Evidence("admin call", said, age),
+             Evidence("median etcd JSON read", _ms(etcd_json), age)),
             "connections to etcd leaking inside the gateway (APISIX #7078): its workers wait "
             "for etcd connections they never get back",
             f"restart gateway {g.name} (kubectl rollout restart / apisix reload is not "
@@ -499,9 +510,13 @@ def _gateway(g: GatewayState, now: float, s: FindingSettings, etcd_fast: bool
             "APISIX on etcd-adapter for writes",
             "gatewayinitsyncfailed")
         return
-    stale = (g.config_lag is not None and g.config_lag >= s.stale_lag) or \
-        "stopped applying" in message
-    if stale and g.ready is not False:
+    lagging = g.config_lag is not None and g.config_lag >= s.stale_lag
+    # The canary was written and the gateway's loaded revision stays behind it. "No config
+    # loaded" (modify index 0) is a gateway that never synced (the init hang below) unless
+    # its status API says every worker did load once.
+    never_loaded = "no config loaded" in message and g.ready is not True
+    confirmed = "applying etcd changes" in message and not never_loaded
+    if (lagging or confirmed) and g.ready is not False and not never_loaded:
         ev = [Evidence("config lag", f"{_int(g.config_lag)} revisions", age)]
         if message:
             ev.append(Evidence("last smoke", message, sage))
@@ -513,7 +528,9 @@ def _gateway(g: GatewayState, now: float, s: FindingSettings, etcd_fast: bool
             "a stuck watch: the gateway holds a watch that no longer delivers events (lost "
             "events, APISIX #13067)",
             f"restart gateway {g.name}; upgrade APISIX to >= 3.18 (#13917)",
-            "gatewayconfiglag")
+            "gatewayconfiglag",
+            # A lag alone is also what a busy moment looks like: it must last a few polls.
+            open_after=0.0 if confirmed else 5 * s.interval)
         return
     hang = g.ready is False or (smoke is not None and not smoke.ok and
                                 smoke.phase in ("propagate", "status ready"))
@@ -619,7 +636,8 @@ class FindingTracker:
                 t = self._tracks[c.id] = _Track(now, 0, now, c)
             t.seen += 1
             t.last_held, t.candidate = now, c
-            if t.opened_at is None and t.seen >= 2 and now - t.first_held >= self.open_after:
+            wait = max(self.open_after, c.open_after)
+            if t.opened_at is None and t.seen >= 2 and now - t.first_held >= wait:
                 t.opened_at = now
         for key in list(self._tracks):
             t = self._tracks[key]

@@ -178,6 +178,9 @@ def test_gateway_admin_leak_only_while_etcd_is_fast() -> None:
 
 def test_init_sync_hang_from_not_ready_or_unserved_canary() -> None:
     for gw in (gateway(ready=False),
+               gateway(ready=None, config_lag=5.0, smoke=smoke_failed(
+                   "canary written, ...; the gateway reports no config loaded (modify index 0)"
+                   " while the canary is at revision 87: it is not applying etcd changes")),
                gateway(ready=None, smoke=smoke_failed("canary written, data plane still "
                                                       "answers 404 after 5.0s"),
                        last_smoke=NOW - 30)):
@@ -198,8 +201,19 @@ def test_shim_drops_writes() -> None:
 def test_stale_config() -> None:
     found = evaluate(snap(gateways=[gateway(config_lag=7.0)]), NOW, SETTINGS)
     c = next(c for c in found if c.kind == "stale_config")
-    assert "7 revisions behind" in c.summary
+    assert "7 revisions behind" in c.summary and c.open_after == 75, "a lag alone must last"
     assert "init_sync_hang:gw-1" not in kinds(found)
+    never_loaded = smoke_failed("canary written ...; the gateway has loaded config up to "
+                                "revision 9 but the canary is at revision 12: it stopped "
+                                "applying etcd changes (a stuck watch?)")
+    found = evaluate(snap(gateways=[gateway(config_lag=3.0, smoke=never_loaded)]), NOW,
+                     SETTINGS)
+    c = next(c for c in found if c.kind == "stale_config")
+    assert c.open_after == 0, "a canary it never loaded confirms it"
+    t = FindingTracker(open_after=10, clear_after=30)
+    lag_only = evaluate(snap(gateways=[gateway(config_lag=7.0)]), NOW, SETTINGS)
+    assert not [t.update(lag_only, NOW + i * 15) for i in range(5)][-1]
+    assert t.update(lag_only, NOW + 75)
 
 
 def test_peer_down_and_quorum() -> None:
@@ -222,10 +236,14 @@ def test_db_quota_and_fsync() -> None:
     assert "alarm disarm" in c.fix
     warn = peer(metrics=metrics(db_size=13 * mib, quota_bytes=16 * mib))
     assert "db_quota:etcd-0" in kinds(evaluate(snap([warn]), NOW, SETTINGS), Severity.WARNING)
-    hist = Histogram(((0.01, 10.0), (0.1, 20.0), (0.5, 100.0), (float("inf"), 100.0)), 30.0,
-                     100.0)
+    hist = Histogram(((0.01, 100.0), (0.1, 200.0), (0.5, 1000.0), (float("inf"), 1000.0)),
+                     300.0, 1000.0)
     slow = peer(metrics=metrics(wal_fsync=hist))
     assert "fsync_slow:etcd-0" in kinds(evaluate(snap([slow]), NOW, SETTINGS))
+    few = Histogram(((0.01, 20.0), (0.5, 25.0), (float("inf"), 25.0)), 3.0, 25.0)
+    assert "fsync_slow:etcd-0" not in kinds(
+        evaluate(snap([peer(metrics=metrics(wal_fsync=few))]), NOW, SETTINGS)), \
+        "one slow fsync in 25 is not a slow disk"
 
 
 def test_backend_not_etcd_is_info() -> None:
