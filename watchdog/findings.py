@@ -156,6 +156,8 @@ class FindingSettings:
     quota_critical: float = 0.95
     fsync_p99: float = 0.1  # seconds; etcd wants < 10 ms, at 100 ms leaders are lost
     fanout_tolerance: float = 0.5  # observed within +-50 % of a prediction "fits" it
+    factor: float = 2.0  # the trip wire's factor, applied to the expected fan-out in warm-up
+    min_streams: float = 10.0
     open_after: float | None = None  # default: one interval
     clear_after: float | None = None  # default: two intervals
 
@@ -164,6 +166,7 @@ class FindingSettings:
         return cls(
             interval=config.etcd.interval, timeout=config.etcd.timeout,
             warmup=config.tripwire.warmup, probe_key=config.etcd.probe_key,
+            factor=config.tripwire.factor, min_streams=config.tripwire.min_streams,
             fanout=tuple(GatewayFanout(g.name, g.workers, g.sync_mode, g.watched_prefixes)
                          for g in config.gateways),
         )
@@ -401,10 +404,12 @@ def _streams(p: PeerState, now: float, age: float, s: FindingSettings) -> Iterat
             "etcdwatchconnectionstripwire")
     if ws is not None and not ws.armed and p.first_sample:
         left = max(0.0, s.warmup - (now - p.first_sample))
+        reference = (f"the expected fan-out ({_int(p.expected_streams)} streams) is the "
+                     "reference" if p.expected_streams is not None
+                     else "set gateways[].workers for an expected fan-out to compare with")
         yield Candidate(
             "warmup", Severity.INFO, "peer", p.name,
-            f"trip wire on {p.name} arms in about {_duration(left)}; until then the expected "
-            f"fan-out ({_int(p.expected_streams)} streams) is the reference",
+            f"trip wire on {p.name} arms in about {_duration(left)}; until then {reference}",
             (Evidence("observed since", _duration(now - p.first_sample), age),),
             "the steady state is learned for tripwire.warmup after a peer is first seen",
             "nothing to do; keep state_dir on a persistent volume so restarts keep it",
@@ -438,6 +443,27 @@ def _fanout(peers: list[PeerState], now: float, s: FindingSettings) -> Iterator[
     fits_legacy = legacy * (1 - tol) <= total <= legacy * (1 + tol)
     modes = {g.sync_mode for g in gws}
     age = min(_age(now, p.last_poll) for p in up)
+    # During warm-up the expected fan-out is the reference: far above what the configured
+    # sync mode predicts, and matching neither model, is a surge (a leak) nobody armed for.
+    predicted = modern[1] if modes == {"modern"} else legacy
+    armed = any((w := p.wires.get("watch_streams")) is not None and w.armed for p in up)
+    if not armed and not fits_legacy and total > s.factor * predicted \
+            and total >= s.min_streams:
+        yield Candidate(
+            "watch_surge", Severity.WARNING, "cluster", "etcd",
+            f"watch surge: {_int(total)} watch streams on etcd, {total / predicted:.1f}x the "
+            f"{predicted} the gateway inventory predicts ({workers} workers, "
+            f"{'/'.join(sorted(modes))} sync); the trip wire is still warming up",
+            (Evidence("watch streams, all peers", _int(total), age),
+             Evidence("expected from the inventory", str(predicted), 0.0))
+            + tuple(Evidence(f"watch streams on {p.name}", _int(p.watch_streams),
+                             _age(now, p.last_poll)) for p in up),
+            "a gateway leaking watches (APISIX #7078, reconnects that never close the old "
+            "watch), or gateways missing from the inventory",
+            "find the gateway whose etcd connections grow (ss -tnp on the gateway hosts; "
+            "watchdog_etcd_client_connections_by_remote) and restart it; add missing "
+            "gateways to the config",
+            "etcdwatchconnectionstripwire")
     if modes == {"modern"} and fits_legacy and not fits_modern:
         said, saw = "modern (one watch per worker)", "pre-3.4 per-prefix fan-out"
     elif modes == {"legacy"} and fits_modern and not fits_legacy:

@@ -319,7 +319,9 @@ def render_status_page(status: Snapshot, now: float | None = None) -> str:
     gateway_rows = "".join(_gateway_row(g, now, interval, by_subject.get(g.name))
                            for g in status.gateways.values())
     uptime = human_duration(now - status.started)
-    age = _age_note(now, status.taken, interval)
+    taken_age = max(0.0, now - status.taken)
+    age = (f'<span class="{"stale" if taken_age > STALE_AFTER * interval else "age"}">'
+           f"({human_duration(taken_age)} ago)</span>")
     discovery = (f'<p class="bad">member discovery: {html.escape(status.discovery_error)}</p>'
                  if status.discovery_error else "")
     gateways = (

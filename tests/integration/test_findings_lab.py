@@ -7,6 +7,7 @@ the fault is gone. A healthy lab gives no warning or critical finding and doctor
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from tests.integration.test_smoke import (
     key_file,
     sims,  # noqa: F401 - the fixture
 )
+from tests.integration.test_status_page import shoot
 from watchdog.lab.cluster import EtcdCluster
 from watchdog.lab.gateway_sim import GatewaySim
 from watchdog.lab.sim_etcd import b64
@@ -110,7 +112,9 @@ def lab(sims: SimHost, make_cluster: Callable[..., EtcdCluster],  # noqa: F811
     cluster = make_cluster(size=3, name_prefix="fd",
                            extra_args=("--quota-backend-bytes", str(QUOTA)))
     keys = key_file(tmp_path, ADMIN_KEY)
-    gws = [sims.start(cluster, name, ADMIN_KEY, workers=2) for name in ("gw-1", "gw-2")]
+    # gw-2 leaks fast under its watch-leak fault: a stream every 0.25 s.
+    gws = [sims.start(cluster, name, ADMIN_KEY, workers=2, leak_interval=0.5)
+           for name in ("gw-1", "gw-2")]
     timing = {"interval": "1s", "timeout": "800ms", "workers": 2, "sync_mode": "modern"}
     config = write_config({
         "etcd": {"endpoints": cluster.endpoints, "interval": "1s", "timeout": "800ms"},
@@ -123,7 +127,7 @@ def lab(sims: SimHost, make_cluster: Callable[..., EtcdCluster],  # noqa: F811
 
 
 def test_lab_faults_are_named_and_clear(
-        lab: tuple[EtcdCluster, SimHost, Path, WatchdogProcess]) -> None:
+        lab: tuple[EtcdCluster, SimHost, Path, WatchdogProcess], tmp_path: Path) -> None:
     cluster, host, config, proc = lab
     gw1, gw2 = host.sims
 
@@ -145,6 +149,8 @@ def test_lab_faults_are_named_and_clear(
     # init-hang: the gateway restarts and hangs in its first sync (not ready, 404s).
     gw1 = restart(host, gw1, {"init-hang"})
     expect_named(proc, config, "init_sync_hang", "gw-1", "pin a known-good APISIX release")
+    if shutil.which("chromium"):
+        shoot(proc.url + "/", tmp_path / "p-hang", "status-gateway-hang.png")
     host.set_faults(gw1, set())
     expect_cleared(proc, "init_sync_hang", "gw-1")
 
@@ -160,6 +166,12 @@ def test_lab_faults_are_named_and_clear(
     expect_named(proc, config, "shim_drops_writes", "gw-1", "same real etcd", "--smoke")
     host.set_faults(gw1, set())
     expect_cleared(proc, "shim_drops_writes", "gw-1")
+
+    # A watch leak: gw-2 reconnects without closing its old watches; restarting it is the fix.
+    host.set_faults(gw2, {"watch-leak"})
+    expect_named(proc, config, "watch_surge", "etcd", "restart it")
+    gw2 = restart(host, gw2, set())
+    expect_cleared(proc, "watch_surge", "etcd")
 
     # A killed member.
     cluster.kill_member(2)

@@ -148,6 +148,18 @@ def test_watch_surge_compares_observed_with_expected() -> None:
     assert any("127.0.0.9 (60)" in e.value for e in c.evidence)
 
 
+def test_watch_surge_in_warm_up_uses_the_expected_fan_out() -> None:
+    gws = tuple(GatewayFanout(f"gw-{i}", 2, "modern", 13) for i in range(2))
+    settings = replace(SETTINGS, fanout=gws)
+    leaking = [peer("etcd-0", metrics=metrics(watch_streams=16.0)),
+               peer("etcd-1", metrics=metrics(watch_streams=2.0))]
+    c = next(c for c in evaluate(snap(leaking), NOW, settings) if c.kind == "watch_surge")
+    assert c.subject == "etcd" and "18 watch streams on etcd, 3.0x the 6" in c.summary
+    normal = [peer("etcd-0", metrics=metrics(watch_streams=4.0)),
+              peer("etcd-1", metrics=metrics(watch_streams=1.0))]
+    assert "watch_surge:etcd" not in kinds(evaluate(snap(normal), NOW, settings))
+
+
 def test_fanout_mismatch_is_tolerant_of_workers_and_workers_plus_one() -> None:
     gws = tuple(GatewayFanout(f"gw-{i}", 4, "modern", 13) for i in range(2))
     settings = replace(SETTINGS, fanout=gws)
