@@ -274,7 +274,7 @@ def _peer(p: PeerState, now: float, s: FindingSettings) -> Iterator[Candidate]:
             "a compatibility backend (kine, etcd-adapter, antietcd) answering the etcd API",
             "nothing to fix; watch streams, the trip wire, leader and quota checks are not "
             "available on this backend",
-            "toolbox")
+            "backend_not_etcd")
     yield from _streams(p, now, age, s)
     if m is not None and m.quota_bytes and m.db_size is not None:
         used = m.db_size / m.quota_bytes
@@ -317,7 +317,7 @@ def _auth(subject: str, kind: str, what: str, age: float, perm: str = "") -> Can
         "the watchdog user lacks a role or permission, or its credentials are wrong",
         f"grant it: etcdctl role grant-permission watchdog-ro read <probe_key>; "
         f"etcdctl user grant-role <user> watchdog-ro (needed: {need})",
-        "etcdpeerprobesfailing")
+        "auth_denied")
 
 
 def _probe_findings(p: PeerState, age: float, s: FindingSettings) -> Iterator[Candidate]:
@@ -413,7 +413,7 @@ def _streams(p: PeerState, now: float, age: float, s: FindingSettings) -> Iterat
             (Evidence("observed since", _duration(now - p.first_sample), age),),
             "the steady state is learned for tripwire.warmup after a peer is first seen",
             "nothing to do; keep state_dir on a persistent volume so restarts keep it",
-            "etcdwatchconnectionstripwire")
+            "warmup")
 
 
 def _json_stalled(p: PeerState) -> bool:
@@ -463,7 +463,7 @@ def _fanout(peers: list[PeerState], now: float, s: FindingSettings) -> Iterator[
             "find the gateway whose etcd connections grow (ss -tnp on the gateway hosts; "
             "watchdog_etcd_client_connections_by_remote) and restart it; add missing "
             "gateways to the config",
-            "etcdwatchconnectionstripwire")
+            "watch_surge-during-warm-up")
     if modes == {"modern"} and fits_legacy and not fits_modern:
         said, saw = "modern (one watch per worker)", "pre-3.4 per-prefix fan-out"
     elif modes == {"legacy"} and fits_modern and not fits_legacy:
@@ -534,7 +534,7 @@ def _gateway(g: GatewayState, now: float, s: FindingSettings, etcd_json: float |
             "(etcd-adapter #23, #38)",
             "point the gateway's admin API and data plane at the same real etcd; do not run "
             "APISIX on etcd-adapter for writes",
-            "gatewayinitsyncfailed")
+            "shim_drops_writes")
         return
     lagging = g.config_lag is not None and g.config_lag >= s.stale_lag
     # The canary was written and the gateway's loaded revision stays behind it. "No config

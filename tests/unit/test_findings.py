@@ -382,3 +382,48 @@ def test_helpers() -> None:
 @pytest.mark.parametrize("sev", list(Severity))
 def test_severity_rank_orders(sev: Severity) -> None:
     assert sev.rank == {"critical": 2, "warning": 1, "info": 0}[sev.value]
+
+
+def test_every_finding_links_a_runbook_section_and_is_documented() -> None:
+    from pathlib import Path
+
+    from tests.unit.test_alerts import runbook_anchors
+
+    mib = 2.0**20
+    gws = tuple(GatewayFanout(f"gw-{i}", 2, "modern", 13) for i in range(2))
+    settings = replace(SETTINGS, fanout=gws)
+    wire = WireState(steady=4.0, tripped=True, ratio=5.0, tripped_for=60.0, armed=True)
+    hist = Histogram(((0.5, 1000.0), (float("inf"), 1000.0)), 300.0, 1000.0)
+    bad_peers = [
+        peer("etcd-0", json=fail("json", Reason.TIMEOUT), metrics=metrics(
+            watch_streams=250.0, db_size=15.5 * mib, quota_bytes=16 * mib, wal_fsync=hist)),
+        peer("etcd-1", metrics=metrics(watch_streams=230.0, has_leader=0.0),
+             wires=frozen_map({"watch_streams": wire})),
+        peer("etcd-2", up=False, poll_reason="auth"),
+        peer("etcd-3", json=fail("json", Reason.AUTH), grpc=fail("grpc", Reason.AUTH),
+             metrics=metrics(watch_streams=None, has_leader=None),
+             wires=frozen_map({"watch_streams": WireState(None, False, None, 0, False)})),
+    ]
+    admin_timeout = frozen_map({"get_missing_route": fail("admin", Reason.TIMEOUT,
+                                                           "get_missing_route")})
+    bad_gws = [gateway("gw-1", ready=False),
+               gateway("gw-2", config_lag=9.0),
+               gateway("gw-3", smoke=smoke_failed("... (an etcd-adapter shim?)")),
+               gateway("gw-4", admin=frozen_map({"get_missing_route": fail(
+                   "admin", Reason.AUTH, "get_missing_route")}))]
+    found = evaluate(snap(bad_peers, bad_gws), NOW, settings)
+    found += evaluate(snap([peer("etcd-0", metrics=metrics(watch_streams=104.0))]), NOW,
+                      settings)  # fan-out mismatch
+    found += evaluate(snap([peer("etcd-0", metrics=metrics(watch_streams=30.0))]), NOW,
+                      settings)  # surge in warm-up
+    found += evaluate(snap(gateways=[gateway("gw-5", admin=admin_timeout)]), NOW, settings)
+    found += evaluate(snap([peer("a", up=False), peer("b", up=False), peer("c")]), NOW,
+                      settings)  # quorum lost
+    found += evaluate(snap([peer("a", metrics=metrics(has_leader=0.0), wires=frozen_map(
+        {"watch_streams": WireState(None, False, None, 0, False)}))]), NOW, settings)
+    kinds_seen = {c.kind for c in found}
+    assert len(kinds_seen) >= 17, sorted(kinds_seen)
+    anchors = runbook_anchors()
+    assert {c.anchor for c in found} <= anchors, {c.anchor for c in found} - anchors
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "findings.md").read_text()
+    assert not [k for k in kinds_seen if f"`{k}`" not in doc], "finding not in docs/findings.md"
