@@ -658,7 +658,7 @@ class FindingTracker:
                 continue
             seen.add(c.id)
             t = self._tracks.get(c.id)
-            if t is None or (t.opened_at is None and t.last_held < now - self.clear_after):
+            if t is None:
                 t = self._tracks[c.id] = _Track(now, 0, now, c)
             t.seen += 1
             t.last_held, t.candidate = now, c

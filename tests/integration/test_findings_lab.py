@@ -40,16 +40,13 @@ QUOTA = 8 * 2**20  # small enough to fill in a second, large enough for the lab'
 
 
 def doctor(config: Path, *args: str, duration: str = "4s") -> tuple[int, str, dict[str, Any]]:
-    """Run `watchdog doctor`: (exit code, its output, findings by id with --output json)."""
+    """Run `watchdog doctor`: (exit code, its output, the JSON document with --output json)."""
     done = subprocess.run(
         [sys.executable, "-m", "watchdog", "doctor", "--config", str(config),
          "--duration", duration, *args],
         capture_output=True, text=True, timeout=120, cwd=REPO)
-    found: dict[str, Any] = {}
-    if "--output" in args:
-        doc = json.loads(done.stdout)
-        found = {f["id"]: f for f in doc["findings"]}
-    return done.returncode, done.stdout + done.stderr[-3000:], found
+    doc = json.loads(done.stdout) if "--output" in args and done.stdout else {}
+    return done.returncode, done.stdout + done.stderr[-3000:], doc
 
 
 def api_findings(proc: WatchdogProcess) -> dict[str, dict[str, Any]]:
@@ -200,3 +197,24 @@ def test_lab_faults_are_named_and_clear(
         cluster.request("/v3/maintenance/alarm", {"action": "DEACTIVATE", **alarm})
     for member in range(3):
         expect_cleared(proc, "db_quota", f"fd-{member}")
+
+
+def test_doctor_json_and_exit_codes(write_config: Callable[..., Path], tmp_path: Path) -> None:
+    """Nothing listens on the endpoint: doctor's JSON names the peer down (exit 1) and leaves
+    no state behind; a bad duration or config exits 2."""
+    from watchdog.lab.cluster import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    config = write_config({"etcd": {"endpoints": [endpoint], "interval": "500ms",
+                                    "timeout": "300ms", "discover_members": False}})
+    rc, text, doc = doctor(config, "--output", "json", duration="2s")
+    assert rc == 1, text
+    found = {f["id"]: f for f in doc["findings"]}
+    assert doc["exit_code"] == 1 and doc["status"] == "critical"
+    assert {f"peer_down:{endpoint}", "quorum_lost:etcd"} <= set(found), found
+    assert found[f"peer_down:{endpoint}"]["subject"] == {"kind": "peer", "name": endpoint}
+    assert not (tmp_path / "state").exists(), "doctor writes no state"
+    assert doctor(config, duration="soon")[0] == 2
+    bad = write_config({"etcd": {"endpoints": [endpoint], "bogus": 1}}, name="bad.yml")
+    rc, text, _ = doctor(bad)
+    assert rc == 2 and "etcd.bogus" in text
