@@ -363,8 +363,10 @@ def _streams(p: PeerState, now: float, age: float, s: FindingSettings) -> Iterat
     if streams is None or not math.isfinite(streams):
         return
     ws = p.wires.get("watch_streams")
-    if p.exposed and STREAM_LIMIT - s.headroom_warn <= streams < STREAM_LIMIT - 5 or (
-            p.exposed and streams >= STREAM_LIMIT - 5 and not _json_stalled(p)):
+    # Near the wall, or at it without a stall yet (a stall is its own finding).
+    near = STREAM_LIMIT - s.headroom_warn <= streams < STREAM_LIMIT - 5
+    at_wall = streams >= STREAM_LIMIT - 5 and not _json_stalled(p)
+    if p.exposed and (near or at_wall):
         headroom = STREAM_LIMIT - streams
         rate = growth(p.history)
         eta = (f"at +{rate * 60:.1f} streams/min the limit is reached in "
@@ -455,9 +457,9 @@ def _fanout(peers: list[PeerState], now: float, s: FindingSettings) -> Iterator[
             f"{predicted} the gateway inventory predicts ({workers} workers, "
             f"{'/'.join(sorted(modes))} sync); the trip wire is still warming up",
             (Evidence("watch streams, all peers", _int(total), age),
-             Evidence("expected from the inventory", str(predicted), 0.0))
-            + tuple(Evidence(f"watch streams on {p.name}", _int(p.watch_streams),
-                             _age(now, p.last_poll)) for p in up),
+             Evidence("expected from the inventory", str(predicted), 0.0),
+             *(Evidence(f"watch streams on {p.name}", _int(p.watch_streams),
+                        _age(now, p.last_poll)) for p in up)),
             "a gateway leaking watches (APISIX #7078, reconnects that never close the old "
             "watch), or gateways missing from the inventory",
             "find the gateway whose etcd connections grow (ss -tnp on the gateway hosts; "

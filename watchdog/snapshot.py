@@ -17,9 +17,9 @@ from watchdog.results import ProbeResult, Reason
 
 if TYPE_CHECKING:
     from watchdog.etcd.peers import PeerTarget
-    from watchdog.findings import Finding
     from watchdog.etcd.promtext import PeerMetrics
     from watchdog.etcd.sockets import ConnectionCount
+    from watchdog.findings import Finding
     from watchdog.gateway.smoke import SmokeResult
     from watchdog.tripwire import WireState
 
