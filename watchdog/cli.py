@@ -445,3 +445,42 @@ def demo(members: int, tls: bool, auth: bool, gateways: int, workers: int, sync_
     """
     setup_logging("warning" if log_level == "info" else log_level, log_format)
     _run_lab(_lab_spec(members, tls, auth, gateways, workers, sync_mode, faults, listen), True)
+
+
+@main.command("doctor")
+@click.option("--config", "config_file", required=True, type=click.Path(path_type=Path),
+              envvar="WATCHDOG_CONFIG", show_envvar=True, help="YAML config file.")
+@click.option("--duration", default="30s", show_default=True, metavar="D",
+              help="How long to poll and probe before judging (500ms, 15s, 5m, or seconds).")
+@click.option("--output", type=click.Choice(("text", "json")), default="text", show_default=True,
+              help="text for a person; json (the /api/v1/findings document) for a pipeline.")
+@click.option("--smoke", is_flag=True,
+              help="Also write one canary route per gateway (always deleted afterwards).")
+@with_logging
+def doctor(config_file: Path, duration: str, output: str, smoke: bool, log_level: str,
+           log_format: str) -> None:
+    """One-shot check: discover, poll and probe for a while, then print the findings
+    (what is wrong, where, why, what to do). Run it before touching anything during an
+    incident. Uses saved state when present; writes no state, and writes nothing to etcd
+    unless --smoke is given.
+
+    \b
+    Exit codes: 0 nothing warning or critical; 1 otherwise; 2 bad config or usage.
+    """
+    from watchdog.config import parse_duration
+    from watchdog.doctor import diagnose, render_json, render_text
+
+    try:
+        seconds = parse_duration(duration)
+    except (TypeError, ValueError) as err:
+        raise click.BadParameter(str(err), param_hint="--duration") from None
+    if not 0 < seconds <= 3600:
+        raise click.BadParameter(f"must be > 0 and at most 1h, got {duration}",
+                                 param_hint="--duration")
+    setup_logging(log_level if log_level != "info" else "warning", log_format)
+    config = load_or_exit(config_file)
+    if smoke and not any(gw.data_url for gw in config.gateways):
+        raise click.UsageError("--smoke needs at least one gateway with a data_url")
+    report = asyncio.run(diagnose(config, seconds, smoke))
+    click.echo(render_json(report) if output == "json" else render_text(report), nl=False)
+    sys.exit(report.exit_code)

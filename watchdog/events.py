@@ -29,6 +29,27 @@ def changes(prev: Snapshot, cur: Snapshot) -> Iterator[Event]:
         old_gw = prev.gateways.get(name)
         if old_gw is not None and old_gw is not gw:
             yield from _gateway_changes(old_gw, gw)
+    yield from _finding_changes(prev, cur)
+
+
+def _finding_changes(prev: Snapshot, cur: Snapshot) -> Iterator[Event]:
+    before = {f.id: f for f in prev.findings}
+    after = {f.id: f for f in cur.findings}
+    for key in sorted(after.keys() - before.keys()):
+        f = after[key]
+        level = logging.INFO if f.severity == "info" else logging.WARNING
+        yield (level, f"finding opened finding={f.kind} {f.subject_kind}={f.subject} "
+               f"severity={f.severity} summary={f.summary!r} fix={f.fix!r}")
+    for key in sorted(before.keys() - after.keys()):
+        f = before[key]
+        yield (logging.INFO, f"finding cleared finding={f.kind} {f.subject_kind}={f.subject} "
+               f"severity={f.severity} was={f.summary!r}")
+    for key in sorted(before.keys() & after.keys()):
+        old, new = before[key], after[key]
+        if old.severity != new.severity:
+            yield (logging.WARNING, f"finding changed finding={new.kind} "
+                   f"{new.subject_kind}={new.subject} severity={old.severity}->{new.severity} "
+                   f"summary={new.summary!r}")
 
 
 def _peer_changes(old: PeerState, new: PeerState) -> Iterator[Event]:

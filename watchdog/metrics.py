@@ -99,6 +99,7 @@ class SnapshotCollector(Collector):
         yield from self._call_families(peers, gateways)
         yield from self._peer_families(peers)
         yield from self._gateway_families(gateways)
+        yield from self._finding_families(snap)
 
     def _snapshot_families(self, snap: Snapshot) -> Iterator[Metric]:
         cycle = GaugeMetricFamily(
@@ -110,6 +111,15 @@ class SnapshotCollector(Collector):
             "Unix time the snapshot this scrape renders was made (its age is the data's age).",
             value=snap.taken)
         yield from (cycle, taken)
+
+    def _finding_families(self, snap: Snapshot) -> Iterator[Metric]:
+        finding = GaugeMetricFamily(
+            "watchdog_finding",
+            "1 per open finding (a verdict: what is wrong, where); the summary and fix are at "
+            "/api/v1/findings.", labels=["finding", "subject", "severity"])
+        for f in snap.findings:
+            finding.add_metric([f.kind, f.subject, f.severity.value], 1)
+        yield finding
 
     def _call_families(self, peers: list[PeerState],
                        gateways: list[GatewayState]) -> Iterator[Metric]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from watchdog.config import Config
 from watchdog.etcd.job import Discovery, EtcdCycle
 from watchdog.etcd.peers import PeerPoll
+from watchdog.findings import FindingSettings, FindingTracker, evaluate
 from watchdog.gateway.jobs import GatewayPoll, SmokeRun
 from watchdog.results import Reason
 from watchdog.snapshot import (
@@ -64,7 +65,7 @@ def initial(config: Config, now: float) -> Snapshot:
     settings = Settings.from_config(config)
     gateways = {gw.name: _new_gateway(gw.name, gw.admin_url) for gw in config.gateways}
     return Snapshot(started=now, taken=now, factor=settings.factor,
-                    gateways=frozen_map(gateways))
+                    interval=config.etcd.interval, gateways=frozen_map(gateways))
 
 
 def reduce(prev: Snapshot, result: object, now: float, wires: TripwireBank,
@@ -161,6 +162,7 @@ def _polled_peer(old: PeerState, poll: PeerPoll, cycle: int, now: float,
         revision=poll.revision if poll.revision is not None else old.revision,
         probes=frozen_map(probes), calls=frozen_map(calls), poll_failures=poll_failures,
         wires=frozen_map(wire_states), history=history,
+        first_sample=old.first_sample or (now if streams is not None else 0.0),
     )
 
 
@@ -246,10 +248,14 @@ def _inc(counts: Mapping[str, int], reason: Reason | str) -> Mapping[str, int]:
 
 
 class Reducer:
-    """Holds the latest snapshot and the trip wire's memory; applies results in order."""
+    """Holds the latest snapshot, the trip wire's memory and the findings' hysteresis;
+    applies results in order."""
 
     def __init__(self, config: Config, wires: TripwireBank, clock: Callable[[], float]) -> None:
         self.settings = Settings.from_config(config)
+        self.finding_settings = FindingSettings.from_config(config)
+        self.findings = FindingTracker(self.finding_settings.open_delay,
+                                       self.finding_settings.clear_delay)
         self.wires = wires
         self.clock = clock
         self.snapshot = initial(config, clock())
@@ -258,6 +264,7 @@ class Reducer:
         """A reloaded config: new settings and trip wire; the snapshot keeps its peers and
         the gateways still configured, drops the others and adds the new ones."""
         self.settings = Settings.from_config(config)
+        self.finding_settings = FindingSettings.from_config(config)  # open findings are kept
         self.wires = wires
         old = self.snapshot.gateways
         gateways = {}
@@ -269,7 +276,13 @@ class Reducer:
                                 gateways=frozen_map(gateways))
 
     def apply(self, result: object) -> tuple[Snapshot, Snapshot]:
-        """Apply one result; returns (previous, next) so callers can log what changed."""
+        """Apply one result; returns (previous, next) so callers can log what changed.
+        The next snapshot carries the findings computed from its own numbers."""
         prev = self.snapshot
-        self.snapshot = reduce(prev, result, self.clock(), self.wires, self.settings)
-        return prev, self.snapshot
+        now = self.clock()
+        snap = reduce(prev, result, now, self.wires, self.settings)
+        found = self.findings.update(evaluate(snap, now, self.finding_settings), now)
+        if snap is not prev or found != snap.findings:
+            snap = replace(snap, findings=found)
+        self.snapshot = snap
+        return prev, snap

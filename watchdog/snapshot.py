@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from watchdog.etcd.sockets import ConnectionCount
     from watchdog.gateway.smoke import SmokeResult
     from watchdog.tripwire import WireState
+    from watchdog.verdict import Finding
 
 HISTORY = 120  # points kept per peer for the status page chart
 LATENCY_BUCKETS = (
@@ -115,6 +116,7 @@ class PeerState:
     expected_streams: float | None = None
     wires: Mapping[str, WireState] = field(default_factory=frozen_map)
     history: tuple[tuple[float, float | None, float | None], ...] = ()
+    first_sample: float = 0.0  # when this process first saw the peer's watch streams
 
     @property
     def polled(self) -> bool:
@@ -159,10 +161,12 @@ class Snapshot:
     taken: float = 0.0
     started: float = 0.0
     factor: float = 2.0  # the trip wire's factor, for readers that draw the trip line
+    interval: float = 15.0  # the etcd poll interval, for readers that judge ages
     peers: Mapping[str, PeerState] = field(default_factory=frozen_map)
     gateways: Mapping[str, GatewayState] = field(default_factory=frozen_map)
     discovery_error: str = ""
     discovered: bool = False  # the member list was read (or given up on) at least once
+    findings: tuple[Finding, ...] = ()  # open findings, computed from this snapshot's numbers
 
     @property
     def targets(self) -> list[PeerTarget]:

@@ -406,7 +406,7 @@ def test_operator_objects_validate_against_the_operators_crds(
             problems = crd_problems(doc, operator_crds)
             assert not problems, f"{name} {doc['kind']}/{doc['metadata']['name']}: {problems}"
             checked[doc["kind"]] += 1
-    assert checked == {"ServiceMonitor": 1, "PodMonitor": 1, "PrometheusRule": 2}
+    assert checked == {"ServiceMonitor": 1, "PodMonitor": 1, "PrometheusRule": 3}
 
 
 def test_servicemonitor_tls_example_validates(operator_crds: dict[str, dict[str, Any]]) -> None:
