@@ -90,6 +90,10 @@ class Daemon:
         except StateError as err:
             log.warning("cannot read state dir=%s error=%s", self.config.state_dir, err)
             return
+        peers = data.get("peers") if data else None
+        if isinstance(peers, dict):
+            self.reducer.remember({str(url): str(name) for url, name in peers.items()
+                                   if isinstance(url, str) and isinstance(name, str)})
         if data and isinstance(data.get("tripwire"), dict):
             for warning in self.tripwire.load_dict(
                 data["tripwire"], max_age=self.config.tripwire.state_max_age
@@ -103,7 +107,7 @@ class Daemon:
 
     def save_state(self, data: dict[str, object] | None = None) -> None:
         try:
-            self.state.save(data if data is not None else {"tripwire": self.tripwire.to_dict()})
+            self.state.save(data if data is not None else self._learned())
         except StateError as err:
             self.metrics.state_save_failures.inc()
             log.warning("cannot save state dir=%s error=%s", self.config.state_dir, err)
@@ -145,8 +149,12 @@ class Daemon:
     async def _save_state_async(self) -> None:
         # Snapshot on the loop (the reducer feeds the wires here too); only the disk write
         # leaves it.
-        data = {"tripwire": self.tripwire.to_dict()}
+        data = self._learned()
         await asyncio.to_thread(self.save_state, data)
+
+    def _learned(self) -> dict[str, object]:
+        """What survives a restart: the trip wires and the peers' member names."""
+        return {"tripwire": self.tripwire.to_dict(), "peers": dict(self.snapshot().names)}
 
     async def reload(self, config: Config) -> None:
         """Apply a new config: stop the jobs (which flushes the learned state), rebuild them,
@@ -155,7 +163,7 @@ class Daemon:
         their series and are re-discovered before the next poll; gateways no longer
         configured leave it, new ones join it."""
         await self.stop()
-        learned: dict[str, object] = {"tripwire": self.tripwire.to_dict()}
+        learned = self._learned()
         moved = Path(config.state_dir) != Path(self.config.state_dir)
         self.config = config
         self.tripwire = make_tripwire(config, self.clock)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from watchdog.config import Config
 from watchdog.etcd.job import Discovery, EtcdCycle
-from watchdog.etcd.peers import PeerPoll
+from watchdog.etcd.peers import PeerPoll, PeerTarget
 from watchdog.findings import FindingSettings, FindingTracker, evaluate
 from watchdog.gateway.jobs import GatewayPoll, SmokeRun
 from watchdog.results import Reason
@@ -90,8 +90,17 @@ def reduce(prev: Snapshot, result: object, now: float, wires: TripwireBank,
 
 def apply_discovery(prev: Snapshot, found: Discovery, wires: TripwireBank,
                     settings: Settings) -> Snapshot:
-    """Peers that left are dropped (with their learned state); new ones are added."""
-    new = {t.name: t for t in found.targets}
+    """Peers that left are dropped (with their learned state); new ones are added. An
+    endpoint the member list did not name keeps the member name it had before."""
+    names = dict(prev.names)
+    targets = []
+    for t in found.targets:
+        if t.name == t.url and t.url in names:
+            t = PeerTarget(names[t.url], t.url, t.member_id)
+        elif t.name != t.url:
+            names[t.url] = t.name
+        targets.append(t)
+    new = {t.name: t for t in targets}
     for gone in prev.peers.keys() - new.keys():
         wires.forget(gone)
     peers: dict[str, PeerState] = {}
@@ -104,17 +113,25 @@ def apply_discovery(prev: Snapshot, found: Discovery, wires: TripwireBank,
         else:
             peers[name] = old
     return replace(prev, peers=frozen_map(peers), discovery_error=found.error,
-                   discovered=True)
+                   discovered=True, names=frozen_map(names))
 
 
 def apply_polls(prev: Snapshot, polls: Iterable[PeerPoll], now: float, wires: TripwireBank,
                 settings: Settings) -> Snapshot:
     """One etcd cycle: every polled peer's new state, all numbered with the new cycle."""
     cycle = prev.cycle + 1
-    polls = [p for p in polls if p.target.name in prev.peers]
-    peers = dict(prev.peers)
+    # A poll names its peer as the job knew it; discovery in the same cycle may have named
+    # it (a remembered member name for an endpoint): match by URL then.
+    by_url = {p.endpoint: name for name, p in prev.peers.items()}
+    named = []
     for poll in polls:
-        peers[poll.target.name] = _polled_peer(peers[poll.target.name], poll, cycle, now, wires)
+        name = poll.target.name if poll.target.name in prev.peers else by_url.get(poll.target.url)
+        if name is not None:
+            named.append((name, poll))
+    polls = [poll for _, poll in named]
+    peers = dict(prev.peers)
+    for name, poll in named:
+        peers[name] = _polled_peer(peers[name], poll, cycle, now, wires)
     for name, streams in expected_streams(polls, settings.fanout).items():
         if name in peers:
             peers[name] = replace(peers[name], expected_streams=streams)
@@ -259,6 +276,11 @@ class Reducer:
         self.wires = wires
         self.clock = clock
         self.snapshot = initial(config, clock())
+
+    def remember(self, names: Mapping[str, str]) -> None:
+        """Endpoint -> member names from the saved state (before the first discovery)."""
+        self.snapshot = replace(self.snapshot, names=frozen_map({**names,
+                                                                 **self.snapshot.names}))
 
     def reconfigure(self, config: Config, wires: TripwireBank) -> None:
         """A reloaded config: new settings and trip wire; the snapshot keeps its peers and

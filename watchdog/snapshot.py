@@ -166,6 +166,9 @@ class Snapshot:
     gateways: Mapping[str, GatewayState] = field(default_factory=frozen_map)
     discovery_error: str = ""
     discovered: bool = False  # the member list was read (or given up on) at least once
+    # Client URL -> member name, as the member list said (saved with the learned state), so
+    # a peer that is down when watchdog starts keeps its member name, not its URL.
+    names: Mapping[str, str] = field(default_factory=frozen_map)
     findings: tuple[Finding, ...] = ()  # open findings, computed from this snapshot's numbers
 
     @property

@@ -274,3 +274,20 @@ def test_config_lag_is_read_through_a_peer_whose_json_gateway_answers(page: Peer
     assert [t.name for t in snap.json_healthy()] == ["etcd-1"]  # ...but not read through
     _, snap = reducer.apply(EtcdCycle(polls=(stalled, down_poll(B))))
     assert [t.name for t in snap.json_healthy()] == ["etcd-0"]  # the best there is
+
+
+def test_an_endpoint_keeps_its_member_name_when_the_member_list_cannot_say(
+        page: PeerMetrics) -> None:
+    reducer, _, _ = make_reducer()
+    reducer.apply(Discovery((A,)))
+    # The member list is unreachable: discovery names the endpoint by its URL...
+    _, snap = reducer.apply(Discovery((PeerTarget(A.url, A.url),), error="timeout"))
+    assert list(snap.peers) == ["etcd-0"]  # ...but the peer keeps its series' name
+    assert dict(snap.names) == {A.url: "etcd-0"}
+    # A restart: the saved names are remembered before the first discovery.
+    fresh, _, _ = make_reducer()
+    fresh.remember(snap.names)
+    by_url = PeerTarget(A.url, A.url)  # what the job polls in that first cycle
+    _, snap = fresh.apply(EtcdCycle(polls=(down_poll(by_url),), before=Discovery((by_url,))))
+    assert list(snap.peers) == ["etcd-0"]
+    assert snap.peers["etcd-0"].polled and not snap.peers["etcd-0"].up

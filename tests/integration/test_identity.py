@@ -1,0 +1,44 @@
+"""A peer's label never changes: a member that is down when watchdog starts keeps the member
+name it had (remembered in the state), not its URL, and nothing is renamed when it returns."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WatchdogProcess
+from tests.helpers import all_samples, wait_until
+from watchdog.lab.cluster import EtcdCluster
+
+pytestmark = pytest.mark.integration
+
+
+def peers_up(proc: WatchdogProcess) -> dict[str, float]:
+    return {labels["peer"]: v for labels, v in all_samples(proc.metrics(),
+                                                           "watchdog_etcd_peer_up")}
+
+
+def test_a_member_down_at_start_keeps_its_member_name(
+    make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
+    run_watchdog: Callable[..., WatchdogProcess],
+) -> None:
+    cluster = make_cluster(size=1, name_prefix="ident")
+    name, url = cluster.members[0].name, cluster.members[0].client_url
+    config = write_config({"etcd": {"endpoints": [url], "discover_members": False,
+                                     "interval": "500ms", "timeout": "400ms"}})
+    first = run_watchdog(config)
+    wait_until(lambda: peers_up(first) == {name: 1.0}, timeout=15, what="the member, by name")
+    assert first.stop(signal.SIGTERM) == 0  # saves the learned state, names included
+
+    cluster.kill_member(0)
+    second = run_watchdog(config)
+    # Without the remembered name the peer would be labelled by its URL until it answers.
+    wait_until(lambda: peers_up(second) == {name: 0.0}, timeout=15,
+               what="the down member labelled by its member name")
+    cluster.restart_member(0)
+    wait_until(lambda: peers_up(second) == {name: 1.0}, timeout=30, what="the member back")
+    log = second.output()
+    assert "peer left" not in log and f"watching peer peer={url}" not in log, log
