@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+from watchdog.etcd.exposure import STREAM_LIMIT, headroom
 from watchdog.snapshot import GatewayState, PeerState, Snapshot
 
 log = logging.getLogger("watchdog.events")
@@ -58,6 +59,12 @@ def _peer_changes(old: PeerState, new: PeerState) -> Iterator[Event]:
         yield logging.WARNING, f"peer down peer={new.name} reason={new.poll_reason}{first}"
     elif new.up and old.polled and not old.up:
         yield logging.INFO, f"peer up again peer={new.name}"
+    low_before, low_now = _headroom_low(old), _headroom_low(new)
+    if low_now is not None and (low_before is None or not low_before[0]) and low_now[0]:
+        yield (logging.WARNING, f"stream headroom low peer={new.name} "
+               f"headroom={low_now[1]:.0f} limit={low_now[2]}")
+    elif low_before is not None and low_before[0] and low_now is not None and not low_now[0]:
+        yield logging.INFO, f"stream headroom recovered peer={new.name} headroom={low_now[1]:.0f}"
     for signal, state in new.wires.items():
         before = old.wires.get(signal)
         was = before.tripped if before else False
@@ -68,6 +75,16 @@ def _peer_changes(old: PeerState, new: PeerState) -> Iterator[Event]:
                    f"steady={state.steady} ratio={ratio}")
         elif was and not state.tripped:
             yield logging.INFO, f"trip wire cleared peer={new.name} signal={signal}"
+
+
+HEADROOM_LOW = 0.1  # of the stream limit: at 250, 25 streams left
+
+
+def _headroom_low(p: PeerState) -> tuple[bool, float, int] | None:
+    """(below the threshold, streams left, limit), or None when no limit is in reach."""
+    limit = p.stream_limit or STREAM_LIMIT
+    left = headroom(p.watch_streams, p.exposed, limit)
+    return None if left is None else (left < HEADROOM_LOW * limit, left, limit)
 
 
 def _gateway_changes(old: GatewayState, new: GatewayState) -> Iterator[Event]:

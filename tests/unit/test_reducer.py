@@ -291,3 +291,16 @@ def test_an_endpoint_keeps_its_member_name_when_the_member_list_cannot_say(
     _, snap = fresh.apply(EtcdCycle(polls=(down_poll(by_url),), before=Discovery((by_url,))))
     assert list(snap.peers) == ["etcd-0"]
     assert snap.peers["etcd-0"].polled and not snap.peers["etcd-0"].up
+
+
+def test_stream_headroom_crossing_is_logged_once_each_way(page: PeerMetrics) -> None:
+    reducer, _, _ = make_reducer()
+    exposed = dataclasses.replace(up_poll(A, page, 200), exposed=True, stream_limit=250)
+    reducer.apply(EtcdCycle(polls=(exposed,), before=Discovery((A,))))
+    messages = []
+    for streams in (230, 240, 249, 200):
+        prev, snap = reducer.apply(EtcdCycle(polls=(dataclasses.replace(
+            exposed, metrics=dataclasses.replace(page, watch_streams=streams)),)))
+        messages += [m for _, m in changes(prev, snap) if "headroom" in m]
+    assert messages == ["stream headroom low peer=etcd-0 headroom=20 limit=250",
+                        "stream headroom recovered peer=etcd-0 headroom=50"]
