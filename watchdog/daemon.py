@@ -53,8 +53,9 @@ class Daemon:
         self.tripwire = make_tripwire(config, clock)
         self.reducer = Reducer(config, self.tripwire, clock)
         self.registry, self.metrics = make_registry(registry)
-        self.renderer = Renderer(self.registry, SnapshotCollector(self.snapshot), self.snapshot,
-                                 config.etcd.interval, self.metrics.renders.inc)
+        self.renderer = Renderer(self.registry,
+                                 [SnapshotCollector(self.snapshot), self.metrics.tasks],
+                                 self.snapshot, config.etcd.interval, self.metrics.renders.inc)
         self.state = StateStore(Path(config.state_dir), validate=saved_state_problem)
         self.etcd = self._etcd_job()
         self.gateways: object | None = None

@@ -41,19 +41,24 @@ PROBE_FAILURES_HELP = (
 
 
 class WatchdogMetrics:
-    """The process's own instrumented metrics: task runs, state saves, build info."""
+    """The process's own instrumented metrics: task runs (on `tasks`), state saves, renders,
+    build info (on `registry`)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # Per task (one or two per gateway: thousands of series in a large fleet), and they
+        # change only when a task runs: rendered once per poll cycle with the snapshot, not
+        # at every scrape (see watchdog.render).
+        self.tasks = CollectorRegistry(auto_describe=False)
         self.job_runs = Counter(
             "watchdog_job_runs",
             "Runs of each polling task by outcome: success; failed (it ran but observed nothing, "
             "e.g. no etcd peer answered); timeout; error (it crashed).",
-            ["task", "outcome"], registry=registry,
+            ["task", "outcome"], registry=self.tasks,
         )
         self.job_duration = Gauge(
             "watchdog_job_duration_seconds",
-            "Wall time of the task's last run.", ["task"], registry=registry,
+            "Wall time of the task's last run.", ["task"], registry=self.tasks,
         )
         self.state_save_failures = Counter(
             "watchdog_state_save_failures",

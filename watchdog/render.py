@@ -6,9 +6,10 @@ watchdog exists to detect. So one render of the snapshot (every peer and gateway
 serves every scrape of a cycle: a new render starts only when the snapshot has moved to a new
 cycle, or when the cached part is older than `min_interval` (gateway results land between
 cycles). It runs in a worker thread, one at a time; concurrent scrapes wait for it and share
-it, and its gzip form is made once. The process's own series (process_*, task runs, web
-server, reloads: a few dozen lines) are rendered at every scrape and appended, so they are
-always current; gzip members may be concatenated, so the cached part stays compressed.
+it, and its gzip form is made once. The per-task series (a few per gateway, changing only when
+a task runs) are rendered with it. The process's own series (process_*, web server, reloads:
+a few dozen lines) are rendered at every scrape and appended, so they are always current;
+gzip members may be concatenated, so the cached part stays compressed.
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ class Page:
 class Renderer:
     """Caches the rendered page per format; see the module docstring for when it renders."""
 
-    def __init__(self, live: CollectorRegistry, snapshots: Collector,
+    def __init__(self, live: CollectorRegistry, per_cycle: Collector | list[Collector],
                  latest: Callable[[], Snapshot], min_interval: float,
                  on_render: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.live = live
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(snapshots)
+        for collector in per_cycle if isinstance(per_cycle, list) else [per_cycle]:
+            self.registry.register(collector)
         self.latest = latest
         self.min_interval = min_interval
         self.on_render = on_render

@@ -20,10 +20,10 @@ def cycle(*up: bool) -> EtcdCycle:
 
 
 async def outcome_of(run, timeout: float = 1.0) -> tuple[str, list[object], float]:  # type: ignore[no-untyped-def]
-    registry, metrics = make_registry()
+    _, metrics = make_registry()
     delivered: list[object] = []
     outcome = await run_once(Job("etcd", 1.0, timeout, run), metrics, delivered.append)
-    count = registry.get_sample_value("watchdog_job_runs_total",
+    count = metrics.tasks.get_sample_value("watchdog_job_runs_total",
                                       {"task": "etcd", "outcome": outcome})
     return outcome, delivered, count or 0.0
 
