@@ -137,6 +137,22 @@ def _cluster(peers: list[PeerState], now: float) -> Iterator[Candidate]:
             ev, "members are down; the cluster runs without failure margin",
             "bring the down members back before any maintenance",
             "etcdinsufficientmembers")
+    # etcd raises alarms cluster-wide (through raft): one finding, naming who reported it.
+    for alarm in sorted({a for p in polled for a in p.alarms}):
+        reporters = [p for p in polled if alarm in p.alarms]
+        names = ", ".join(p.name for p in reporters)
+        yield Candidate(
+            f"etcd_alarm_{alarm.lower()}", Severity.CRITICAL, "cluster", "etcd",
+            f"etcd alarm {alarm} is active (reported by {names})"
+            + (": every write is refused (APISIX admin changes, deploys, canaries) until it "
+               "is disarmed" if alarm == "NOSPACE" else ""),
+            tuple(Evidence(f"Status of {p.name}", f"alarm:{alarm}", _age(now, p.last_poll))
+                  for p in reporters),
+            "the database reached --quota-backend-bytes" if alarm == "NOSPACE"
+            else "a member's data differs from the others'",
+            "etcdctl compact <revision>; etcdctl defrag (every member); etcdctl alarm disarm"
+            if alarm == "NOSPACE" else "remove the member, wipe its data dir, add it back",
+            "etcdalarmactive")
     leaderless = [p for p in up if p.metrics is not None and p.metrics.has_leader == 0]
     if up and len(leaderless) == len(up):
         yield Candidate(
@@ -189,18 +205,6 @@ def _peer(p: PeerState, now: float, s: FindingSettings) -> Iterator[Candidate]:
             "available on this backend",
             "backend_not_etcd")
     yield from _streams(p, now, age, s)
-    for alarm in p.alarms:
-        yield Candidate(
-            f"etcd_alarm_{alarm.lower()}", Severity.CRITICAL, "peer", p.name,
-            f"etcd alarm {alarm} is active on {p.name}"
-            + (": every write is refused (APISIX admin changes, deploys, canaries) until it "
-               "is disarmed" if alarm == "NOSPACE" else ""),
-            (Evidence("Status errors", f"alarm:{alarm}", age),),
-            "the database reached --quota-backend-bytes" if alarm == "NOSPACE"
-            else "a member's data differs from the others'",
-            "etcdctl compact <revision>; etcdctl defrag (every member); etcdctl alarm disarm"
-            if alarm == "NOSPACE" else "remove the member, wipe its data dir, add it back",
-            "etcdalarmactive")
     if m is not None and m.quota_bytes and m.db_size is not None:
         used = m.db_size / m.quota_bytes
         if used >= s.quota_warn:

@@ -427,3 +427,15 @@ def test_every_finding_links_a_runbook_section_and_is_documented() -> None:
     assert {c.anchor for c in found} <= anchors, {c.anchor for c in found} - anchors
     doc = (Path(__file__).resolve().parents[2] / "docs" / "findings.md").read_text()
     assert not [k for k in kinds_seen if f"`{k}`" not in doc], "finding not in docs/findings.md"
+
+
+def test_an_alarm_is_one_cluster_finding_naming_its_reporters() -> None:
+    """etcd raises alarms cluster-wide: NOSPACE seen by three members is one finding."""
+    peers = [peer("etcd-0", alarms=("NOSPACE",)), peer("etcd-1", alarms=("NOSPACE",)),
+             peer("etcd-2")]
+    found = [c for c in evaluate(snap(peers), NOW, SETTINGS) if c.kind.startswith("etcd_alarm")]
+    assert [(c.id, c.severity) for c in found] == [("etcd_alarm_nospace:etcd",
+                                                     Severity.CRITICAL)]
+    assert "reported by etcd-0, etcd-1" in found[0].summary
+    assert "alarm disarm" in found[0].fix and found[0].anchor == "etcdalarmactive"
+    assert not [c for c in evaluate(snap(), NOW, SETTINGS) if c.kind.startswith("etcd_alarm")]
