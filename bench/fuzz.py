@@ -220,6 +220,21 @@ def run_target(name: str, target: Target, examples: int) -> dict[str, Any]:
             "result": "failed: " + error if error else "passed"}
 
 
+def record(out: Path, row: dict[str, Any]) -> None:
+    """Merge one target's row into the results file as soon as it is done (a long run that
+    is stopped keeps what it finished; `--only` runs update their rows)."""
+    try:
+        data = json.loads(out.read_text())
+    except (OSError, ValueError):
+        data = {"results": []}
+    rows = [r for r in data.get("results", []) if r.get("target") != row["target"]]
+    rows.append({**row, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"results": rows}, indent=2) + "\n")
+    tmp.replace(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=100_000)
@@ -235,10 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(row)
         print(f"{name:20} {row['examples']:>8} examples  {row['rejected_as_documented']:>8} "
               f"rejected as documented  {row['seconds']:>7}s  {row['result']}", flush=True)
-    if not args.only:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"examples_per_target": args.examples,
-                                        "results": results}, indent=2) + "\n")
+        record(args.out, row)
     return 0 if all(r["result"] == "passed" for r in results) else 1
 
 
