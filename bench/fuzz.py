@@ -127,7 +127,8 @@ def _state_load(raw: bytes) -> object:
 def _config_load(text: str) -> object:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "watchdog.yml"
-        path.write_text(text)
+        # Lone surrogates become bytes that are not UTF-8: also outside input to survive.
+        path.write_bytes(text.encode("utf-8", "surrogatepass"))
         return load_config(path, log_warnings=False)
 
 

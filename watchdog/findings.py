@@ -58,6 +58,9 @@ class FindingSettings:
     quota_critical: float = 0.95
     fsync_p99: float = 0.1  # seconds; etcd wants < 10 ms, at 100 ms leaders are lost
     fanout_tolerance: float = 0.5  # observed within +-50 % of a prediction "fits" it
+    # Fleet-wide streams per minute above which the count is still moving: a leak or a
+    # rollout, judged as a surge, never as a (steady) fan-out mismatch.
+    growing_per_min: float = 2.0
     factor: float = 2.0  # the trip wire's factor, applied to the expected fan-out in warm-up
     min_streams: float = 10.0
     open_after: float | None = None  # default: one interval
@@ -400,7 +403,11 @@ def _fanout(peers: list[PeerState], now: float, s: FindingSettings) -> Iterator[
     # sync mode predicts, and matching neither model, is a surge (a leak) nobody armed for.
     predicted = modern[1] if modes == {"modern"} else legacy
     armed = any((w := p.wires.get("watch_streams")) is not None and w.armed for p in up)
-    if not armed and not fits_legacy and total > s.factor * predicted \
+    rates = [growth(p.history) for p in up]
+    growing = sum(r for r in rates if r is not None) * 60 > s.growing_per_min
+    # A count still climbing is a leak passing through whatever band it is in, not a fit.
+    explained = fits_legacy and not growing
+    if not armed and not explained and total > s.factor * predicted \
             and total >= s.min_streams:
         yield Candidate(
             "watch_surge", Severity.WARNING, "cluster", "etcd",
@@ -417,6 +424,8 @@ def _fanout(peers: list[PeerState], now: float, s: FindingSettings) -> Iterator[
             "watchdog_etcd_client_connections_by_remote) and restart it; add missing "
             "gateways to the config",
             "watch_surge-during-warm-up")
+    if growing:
+        return  # a fan-out mismatch is judged on a steady count
     if modes == {"modern"} and fits_legacy and not fits_modern:
         said, saw = "modern (one watch per worker)", "pre-3.4 per-prefix fan-out"
     elif modes == {"legacy"} and fits_modern and not fits_legacy:

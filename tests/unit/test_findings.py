@@ -439,3 +439,18 @@ def test_an_alarm_is_one_cluster_finding_naming_its_reporters() -> None:
     assert "reported by etcd-0, etcd-1" in found[0].summary
     assert "alarm disarm" in found[0].fix and found[0].anchor == "etcdalarmactive"
     assert not [c for c in evaluate(snap(), NOW, SETTINGS) if c.kind.startswith("etcd_alarm")]
+
+
+def test_a_count_still_growing_through_the_legacy_band_is_a_surge_not_a_mismatch() -> None:
+    """A leak passes through the band the pre-3.4 fan-out predicts: while it climbs it is a
+    surge; the same count held steady is a fan-out mismatch."""
+    gws = tuple(GatewayFanout(f"gw-{i}", 4, "modern", 13) for i in range(2))
+    settings = replace(SETTINGS, fanout=gws)
+    climbing = tuple((NOW - 20 + 2 * i, 60.0 + 5 * i, None) for i in range(10))  # +150/min
+    steady = tuple((NOW - 20 + 2 * i, 104.0, None) for i in range(10))
+    leak = [peer(metrics=metrics(watch_streams=104.0), history=climbing)]
+    found = kinds(evaluate(snap(leak), NOW, settings))
+    assert "watch_surge:etcd" in found and "fanout_mismatch:gateways" not in found
+    held = [peer(metrics=metrics(watch_streams=104.0), history=steady)]
+    found = kinds(evaluate(snap(held), NOW, settings))
+    assert "fanout_mismatch:gateways" in found and "watch_surge:etcd" not in found
