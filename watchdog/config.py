@@ -6,7 +6,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -706,7 +706,12 @@ def config_from_dict(data: object, source: str = "config", *, base_dir: Path | N
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     context = {"base_dir": base_dir, "preflight": preflight}
-    details: list[tuple[str, str]] = []
+    # Escaped lone surrogates ("\ud800") parse into text no file system or URL parser can
+    # encode: refuse them by key path before validation trips over them.
+    details: list[tuple[str, str]] = list(_not_unicode(data, ""))
+    if details:
+        noun = "problem" if len(details) == 1 else "problems"
+        raise ConfigError(f"{source}: {len(details)} {noun}", details)
     config = None
     try:
         config = Config.model_validate(data, context=context)
@@ -719,6 +724,30 @@ def config_from_dict(data: object, source: str = "config", *, base_dir: Path | N
         raise ConfigError(f"{source}: {len(details)} {noun}", details)
     config._warnings = _collect_warnings(config)
     return config
+
+
+def _not_unicode(value: object, where: str) -> Iterator[tuple[str, str]]:
+    """(key path, problem) for every key or string that is not valid Unicode text."""
+    def bad(text: str) -> bool:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+
+    if isinstance(value, dict):
+        for key, child in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and bad(key):
+                yield (where or "(top level)",
+                       "a key is not valid Unicode text (a lone surrogate escape like \\ud800)")
+                continue
+            yield from _not_unicode(child, path)
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            yield from _not_unicode(child, f"{where}[{i}]")
+    elif isinstance(value, str) and bad(value):
+        yield where, "not valid Unicode text (a lone surrogate escape like \\ud800)"
 
 
 def read_yaml(path: Path | str, what: str = "config file") -> object:

@@ -453,3 +453,18 @@ def test_all_problems_in_one_pass(tmp_path: Path) -> None:
         "gateways[3].timeout", "smoke.interval", "state_dir"}
     assert f"cannot read {tmp_path / 'missing-ca.pem'}" in found["etcd.tls.ca_file"]
     assert info.value.message == f"{path}: 11 problems"
+
+
+def test_text_that_is_not_unicode_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """Found by bench/fuzz.py: an escaped lone surrogate in a URL crashed pydantic's URL
+    validator with UnicodeEncodeError. Any key or value that is not valid Unicode is a
+    ConfigError naming its key path."""
+    path = tmp_path / "watchdog.yml"
+    path.write_text('{"etcd": {"endpoints": ["http://127.0.0.1:2379"]},'
+                    ' "gateways": [{"name": "g", "admin_url": "http://\\ud800x:9180"}],'
+                    ' "tripwire": {"\\udfff": 1}}')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    where = [loc for loc, _ in err.value.details]
+    assert where == ["gateways[0].admin_url", "tripwire"], err.value.details
+    assert "not valid Unicode" in str(err.value)
