@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from watchdog.etcd.exposure import STREAM_LIMIT, headroom
+from watchdog.etcd.exposure import headroom, limit_of
 from watchdog.snapshot import GatewayState, PeerState, Snapshot
 
 log = logging.getLogger("watchdog.events")
@@ -82,7 +82,7 @@ HEADROOM_LOW = 0.1  # of the stream limit: at 250, 25 streams left
 
 def _headroom_low(p: PeerState) -> tuple[bool, float, int] | None:
     """(below the threshold, streams left, limit), or None when no limit is in reach."""
-    limit = p.stream_limit or STREAM_LIMIT
+    limit = limit_of(p).value
     left = headroom(p.watch_streams, p.exposed, limit)
     return None if left is None else (left < HEADROOM_LOW * limit, left, limit)
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from watchdog.etcd.exposure import STREAM_LIMIT, limit_of
 from watchdog.verdict import Candidate, Evidence, Finding, Severity, failing, worst
 
 if TYPE_CHECKING:
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Candidate", "Evidence", "Finding", "FindingTracker", "Severity", "evaluate",
            "failing", "worst"]
-
-STREAM_LIMIT = 250  # HTTP/2 streams per connection on etcd < 3.4.20 / 3.5.5 over TLS
 
 
 # -- settings -----------------------------------------------------------------------------
@@ -292,14 +291,6 @@ def _probe_findings(p: PeerState, age: float, s: FindingSettings) -> Iterator[Ca
         "upgrade etcd to >= 3.5.5 / 3.4.20; or raise --max-concurrent-streams; or reduce "
         "fan-out (APISIX >= 3.4 opens one watch per worker); restart leaking gateways",
         "etcdjsongatewaystalled")
-
-
-def limit_of(p: PeerState) -> tuple[int, bool]:
-    """(the peer's stream limit, whether it is the fixed 250 of etcd < 3.5.5 / 3.4.20 over
-    TLS): the limit the poll reported (configured or learned), else the fixed one."""
-    if p.stream_limit is not None and p.stream_limit != STREAM_LIMIT:
-        return p.stream_limit, False
-    return STREAM_LIMIT, bool(p.tls)
 
 
 def margin(cap: int) -> float:

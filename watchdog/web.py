@@ -15,9 +15,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from watchdog import __version__
-from watchdog.etcd.exposure import headroom
+from watchdog.etcd.exposure import headroom, limit_of
 from watchdog.findings import (
-    STREAM_LIMIT,
     Finding,
     Severity,
     failing,
@@ -217,7 +216,7 @@ def _sev_class(severity: Severity) -> str:
 
 def _headroom_cell(peer: PeerState) -> str:
     """Streams left before the peer's own limit (250, or its configured or learned one)."""
-    limit = peer.stream_limit or STREAM_LIMIT
+    limit = limit_of(peer).value
     left = headroom(peer.watch_streams, peer.exposed, limit)
     if left is None:
         return '<td class="muted">not exposed</td>' if peer.exposed is False else "<td>–</td>"

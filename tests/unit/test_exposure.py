@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from watchdog import events, web
 from watchdog.etcd.exposure import (
     STREAM_LIMIT,
     UNLIMITED,
+    PeerLimit,
     StreamLimitLearner,
     exposed,
     has_stream_flag,
     headroom,
+    limit_of,
     parse_version,
     stream_limit,
     stream_limit_exposed,
 )
+from watchdog.etcd.promtext import PeerMetrics
+from watchdog.snapshot import PeerState
 
 
 @pytest.mark.parametrize(
@@ -143,6 +150,33 @@ def test_exposed(limit: int | None, version: str | None, tls: bool, backend: str
 def test_headroom_against_another_limit() -> None:
     assert headroom(15, True, limit=20) == 5
     assert headroom(15, True, limit=None) is None
+
+
+@pytest.mark.parametrize(
+    ("reported", "tls", "expected"),
+    [
+        (None, True, PeerLimit(250, True)),  # nothing reported: the fixed 250 of old TLS
+        (None, False, PeerLimit(250, False)),
+        (250, True, PeerLimit(250, True)),
+        (250, False, PeerLimit(250, False)),  # configured to 250 on plain HTTP
+        (1000, True, PeerLimit(1000, False)),  # configured or learned
+        (120, False, PeerLimit(120, False)),
+        (0, True, PeerLimit(250, True)),
+    ],
+)
+def test_limit_of(reported: int | None, tls: bool, expected: PeerLimit) -> None:
+    assert limit_of(PeerState(name="p", endpoint="e", tls=tls, stream_limit=reported)) == expected
+
+
+@pytest.mark.parametrize("reported", [None, 250, 20, 1000])
+def test_page_and_log_measure_headroom_against_limit_of(reported: int | None) -> None:
+    metrics = replace(PeerMetrics(*([None] * 16), samples_read=0), watch_streams=19.0)
+    peer = PeerState(name="p", endpoint="e", tls=True, up=True, cycle=1, exposed=True,
+                     stream_limit=reported, metrics=metrics)
+    limit = limit_of(peer).value
+    assert f"{limit - 19} of {limit}</td>" in web._headroom_cell(peer)
+    low = events._headroom_low(peer)
+    assert low is not None and low[1:] == (limit - 19, limit)
 
 
 def test_learner_needs_a_plateau_confirmed() -> None:

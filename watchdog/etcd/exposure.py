@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 STREAM_LIMIT = 250  # Go's default HTTP/2 stream limit, fixed on old TLS members
 UNLIMITED = 2**32 - 1  # etcd's default --max-concurrent-streams (math.MaxUint32)
@@ -110,6 +111,32 @@ def exposed(limit: int | None, version: str | None, tls: bool,
     if has_stream_flag(version) is None and tls:
         return None  # maybe an old TLS member with the fixed 250
     return False
+
+
+class _Limited(Protocol):
+    """What `limit_of` reads from a peer (a snapshot's PeerState)."""
+
+    @property
+    def stream_limit(self) -> int | None: ...
+
+    @property
+    def tls(self) -> bool: ...
+
+
+class PeerLimit(NamedTuple):
+    """The limit a peer's headroom is measured against."""
+
+    value: int
+    fixed: bool  # the fixed 250 of an old TLS member, not a configured or learned limit
+
+
+def limit_of(peer: _Limited) -> PeerLimit:
+    """The peer's stream limit as its poll reported it (configured or learned), else the
+    fixed 250; the one place that falls back to 250 when a peer reports no limit."""
+    limit = peer.stream_limit
+    if limit and limit != STREAM_LIMIT:
+        return PeerLimit(limit, False)
+    return PeerLimit(STREAM_LIMIT, bool(peer.tls))
 
 
 def headroom(streams: float | None, exposed: bool | None,
