@@ -349,15 +349,15 @@ def _streams(p: PeerState, now: float, age: float, s: FindingSettings) -> Iterat
             "find the gateway whose connections grow (top remotes above) and restart it; if the "
             "fleet grew on purpose, wait for the steady state to follow",
             "etcdwatchconnectionstripwire")
-    if ws is not None and not ws.armed and p.first_sample:
-        left = max(0.0, s.warmup - (now - p.first_sample))
+    if ws is not None and ws.warmup_left is not None:
+        left = ws.warmup_left
         reference = (f"the expected fan-out ({_int(p.expected_streams)} streams) is the "
                      "reference" if p.expected_streams is not None
                      else "set gateways[].workers for an expected fan-out to compare with")
         yield Candidate(
             "warmup", Severity.INFO, "peer", p.name,
             f"trip wire on {p.name} arms in about {_duration(left)}; until then {reference}",
-            (Evidence("observed since", _duration(now - p.first_sample), age),),
+            (Evidence("warm-up left", f"{_duration(left)} of {_duration(s.warmup)}", age),),
             "the steady state is learned for tripwire.warmup after a peer is first seen",
             "nothing to do; keep state_dir on a persistent volume so restarts keep it",
             "warmup")

@@ -179,7 +179,6 @@ def _polled_peer(old: PeerState, poll: PeerPoll, cycle: int, now: float,
         revision=poll.revision if poll.revision is not None else old.revision,
         probes=frozen_map(probes), calls=frozen_map(calls), poll_failures=poll_failures,
         wires=frozen_map(wire_states), history=history,
-        first_sample=old.first_sample or (now if streams is not None else 0.0),
     )
 
 

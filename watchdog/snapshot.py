@@ -116,7 +116,6 @@ class PeerState:
     expected_streams: float | None = None
     wires: Mapping[str, WireState] = field(default_factory=frozen_map)
     history: tuple[tuple[float, float | None, float | None], ...] = ()
-    first_sample: float = 0.0  # when this process first saw the peer's watch streams
 
     @property
     def polled(self) -> bool:

@@ -122,6 +122,8 @@ class WireState:
     ratio: float | None  # value / steady; None without a steady state or when it is 0
     tripped_for: float  # seconds the wire has been tripped (0 when clear)
     armed: bool  # warm-up over
+    # Seconds of warm-up left as of the sample (0: arms at the next one); None once armed.
+    warmup_left: float | None = None
 
 
 class Wire:
@@ -190,13 +192,15 @@ class Wire:
     def _state(self, now: float) -> WireState:
         steady, value = self._steady, self._last_value
         ratio = value / steady if steady and value is not None else None
-        since = self._tripped_since
+        since, first = self._tripped_since, self._first_seen
         return WireState(
             steady=steady,
             tripped=since is not None,
             ratio=ratio,
             tripped_for=0.0 if since is None else now - since,
             armed=steady is not None,
+            warmup_left=(None if steady is not None or first is None
+                         else max(0.0, self.settings.warmup - (now - first))),
         )
 
     def _judge(self, value: float, now: float) -> None:

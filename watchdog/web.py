@@ -238,9 +238,8 @@ def _peer_row(peer: PeerState, factor: float, now: float = 0.0, interval: float 
         wire = f'<span class="muted">not available on {e(peer.backend)}</span>'
     elif ws is None or not ws.armed:
         wire = '<span class="muted">warming up</span>'
-        warm = [f for f in found or () if f.kind == "warmup"]
-        if warm:
-            wire += f'<div class="muted">{e(warm[0].summary.split(";")[0])}</div>'
+        if ws is not None and ws.warmup_left is not None:
+            wire += f'<div class="muted">arms in about {human_duration(ws.warmup_left)}</div>'
     elif ws.tripped:
         wire = f'<span class="bad">TRIPPED {human_duration(ws.tripped_for)}</span>'
     else:

@@ -31,6 +31,7 @@ from watchdog.tripwire import WireState
 from watchdog.web import findings_document, render_status_page
 
 NOW = 1_800_000_000.0
+WARMING = WireState(None, False, None, 0, False, warmup_left=3000.0)  # 10 of 60 min seen
 
 
 def metrics(**kw: Any) -> PeerMetrics:
@@ -58,7 +59,7 @@ def peer(name: str = "etcd-0", up: bool = True, json: ProbeResult | None = None,
         name=name, endpoint=f"https://127.0.0.1:2379/{name}", version="3.5.1", tls=True,
         cycle=3, up=up, last_poll=NOW - 2, metrics=metrics() if up else None,
         poll_reason="" if up else "refused", probes=frozen_map(probes), exposed=True,
-        is_leader=False, first_sample=NOW - 600)
+        is_leader=False)
     base.update(kw)
     return PeerState(**base)
 
@@ -275,10 +276,16 @@ def test_auth_denied_names_the_permission() -> None:
 
 
 def test_warmup_says_when_the_wire_arms() -> None:
-    warming = peer(wires=frozen_map({"watch_streams": WireState(None, False, None, 0, False)}),
-                   first_sample=NOW - 600)
+    warming = peer(wires=frozen_map({"watch_streams": WARMING}))
     c = next(c for c in evaluate(snap([warming]), NOW, SETTINGS) if c.kind == "warmup")
     assert c.severity is Severity.INFO and "arms in about 50m" in c.summary
+    assert c.evidence[0].value == "50m of 60m"
+    # The page reads the wire itself, before the finding has opened.
+    assert '<div class="muted">arms in about 50m</div>' in render_status_page(snap([warming]), NOW)
+    armed = WireState(20.0, False, 1.0, 0, True)
+    for wires in ({}, {"watch_streams": armed}):
+        assert "warmup" not in {c.kind for c in evaluate(
+            snap([peer(wires=frozen_map(wires))]), NOW, SETTINGS)}
 
 
 # -- hysteresis -------------------------------------------------------------------------
@@ -402,7 +409,7 @@ def test_every_finding_links_a_runbook_section_and_is_documented() -> None:
         peer("etcd-2", up=False, poll_reason="auth"),
         peer("etcd-3", json=fail("json", Reason.AUTH), grpc=fail("grpc", Reason.AUTH),
              metrics=metrics(watch_streams=None, has_leader=None),
-             wires=frozen_map({"watch_streams": WireState(None, False, None, 0, False)})),
+             wires=frozen_map({"watch_streams": WARMING})),
     ]
     admin_timeout = frozen_map({"get_missing_route": fail("admin", Reason.TIMEOUT,
                                                            "get_missing_route")})
@@ -420,7 +427,7 @@ def test_every_finding_links_a_runbook_section_and_is_documented() -> None:
     found += evaluate(snap([peer("a", up=False), peer("b", up=False), peer("c")]), NOW,
                       settings)  # quorum lost
     found += evaluate(snap([peer("a", metrics=metrics(has_leader=0.0), wires=frozen_map(
-        {"watch_streams": WireState(None, False, None, 0, False)}))]), NOW, settings)
+        {"watch_streams": WARMING}))]), NOW, settings)
     kinds_seen = {c.kind for c in found}
     assert len(kinds_seen) >= 17, sorted(kinds_seen)
     anchors = runbook_anchors()

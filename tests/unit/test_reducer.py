@@ -245,6 +245,26 @@ def test_the_trip_wire_is_fed_through_the_reducer(page: PeerMetrics) -> None:
     assert snap.peers["etcd-0"].wires["watch_streams"].steady == 20
 
 
+def test_the_snapshot_carries_the_wires_own_warmup_left_across_a_restart(
+        page: PeerMetrics) -> None:
+    clock = Clock()
+    before = TripwireBank(TripwireSettings(warmup=3600.0), clock=clock, monotonic=clock,
+                          boot="b")
+    for _ in range(41):  # ten minutes of warm-up, then watchdog restarts
+        before.observe("etcd-0", "watch_streams", 10.0)
+        clock.now += 15
+    bank = TripwireBank(TripwireSettings(warmup=3600.0), clock=clock, monotonic=clock, boot="b")
+    assert bank.load_dict(before.to_dict(), max_age=3600) == []
+    reducer = Reducer(make_config(), bank, clock)
+    reducer.apply(Discovery((A,)))
+    _, snap = reducer.apply(EtcdCycle(polls=(up_poll(A, page, 10),)))
+    assert snap.peers["etcd-0"].wires["watch_streams"].warmup_left == 3600 - 615
+    clock.now += 3600 - 615
+    _, snap = reducer.apply(EtcdCycle(polls=(up_poll(A, page, 10),)))
+    wire = snap.peers["etcd-0"].wires["watch_streams"]
+    assert wire.armed and wire.warmup_left is None
+
+
 def test_expected_streams_pinned_and_spread(page: PeerMetrics) -> None:
     from watchdog.reducer import FanoutEntry
 

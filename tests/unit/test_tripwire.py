@@ -10,6 +10,7 @@ import json
 import math
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -76,10 +77,20 @@ def transitions(states: list[WireState]) -> int:
     return sum(a.tripped != b.tripped for a, b in pairwise(states))
 
 
+def warming(left: float) -> WireState:
+    """A wire in warm-up with `left` seconds of it to go."""
+    return replace(NOT_ARMED, warmup_left=left)
+
+
+def counting_down(states: list[WireState], warmup: float = DEFAULTS.warmup) -> list[WireState]:
+    """What a wire says in each poll of a warm-up that started at the first of them."""
+    return [warming(warmup - INTERVAL * step) for step in range(len(states))]
+
+
 def warm(bank: TripwireBank, frozen: FrozenDateTimeFactory, value: Value = 100.0) -> None:
     """Run a whole warm-up; the next sample arms the wire."""
     states = feed(bank, frozen, DEFAULTS.warmup, value)
-    assert all(state == NOT_ARMED for state in states)
+    assert states == counting_down(states)
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -123,7 +134,7 @@ def test_clear_factor_equal_to_factor_is_allowed() -> None:
 
 def test_zero_warmup_arms_on_the_second_sample(frozen: FrozenDateTimeFactory) -> None:
     bank = TripwireBank(TripwireSettings(warmup=0.0))
-    assert bank.observe(PEER, WATCH, 100.0) == NOT_ARMED  # nothing learned yet to judge by
+    assert bank.observe(PEER, WATCH, 100.0) == warming(0.0)  # nothing learned yet to judge by
     frozen.tick(INTERVAL)
     assert bank.observe(PEER, WATCH, 210.0) == WireState(100.0, True, 2.1, 0.0, True)
 
@@ -146,9 +157,9 @@ def test_warmup_has_no_steady_state_and_never_trips_even_on_a_spike(
     states = feed(bank, frozen, 3600, lambda t: 500.0 if 1800 <= t < 1860 else base(t))
 
     assert len(states) == 240
-    assert all(state == NOT_ARMED for state in states)  # the last one at 3585 s
+    assert states == counting_down(states)  # the last one at 3585 s, 15 s left
     armed = bank.observe(PEER, WATCH, 100.0)  # 3600 s: warm-up over
-    assert armed.armed
+    assert armed.armed and armed.warmup_left is None
     assert not armed.tripped
     assert armed.steady == pytest.approx(100.0, rel=0.02)  # the spike did not drag it up
     assert armed.ratio == pytest.approx(100.0 / armed.steady)
@@ -159,7 +170,8 @@ def test_warmup_starts_again_after_a_gap_longer_than_the_window(
 ) -> None:
     feed(bank, frozen, 600, 100.0)
     frozen.tick(2 * 3600)  # the peer was unreachable; ten minutes of data is too old to use
-    assert feed(bank, frozen, 3600, 100.0) == [NOT_ARMED] * 240
+    states = feed(bank, frozen, 3600, 100.0)
+    assert states == counting_down(states) and len(states) == 240  # from the full hour again
     assert bank.observe(PEER, WATCH, 100.0).steady == 100.0
 
 
@@ -430,7 +442,8 @@ def test_a_watchdog_restart_keeps_the_baseline_and_the_armed_wire(
     restarted = TripwireBank(DEFAULTS)
     assert restarted.load_dict(StateStore(tmp_path / "state").load() or {}, max_age=3600) == []
     assert restarted.state(PEER, WATCH) == learned
-    assert restarted.state(PEER, CONNS) == NOT_ARMED  # still warming up, not restarted
+    # Still warming up, not restarted: first seen 720 s before this state, two minutes down.
+    assert restarted.state(PEER, CONNS) == warming(DEFAULTS.warmup - 720)
     state = restarted.observe(PEER, WATCH, 100.0)
     assert state.armed
     assert state.steady == pytest.approx(learned.steady, rel=1e-3)
@@ -476,7 +489,7 @@ def test_stale_state_is_relearned(
     frozen.tick(3600)  # now everything is older than max_age
     again = TripwireBank(DEFAULTS)
     assert len(again.load_dict(store.load() or {}, max_age=3600)) == 2
-    assert again.observe(PEER, WATCH, 100.0) == NOT_ARMED
+    assert again.observe(PEER, WATCH, 100.0) == warming(DEFAULTS.warmup)
 
 
 def test_unreadable_state_is_reported_wire_by_wire(
@@ -576,7 +589,8 @@ def test_the_wire_obeys_its_rules_for_any_history(history: list[tuple[float, flo
         now[0] += gap
         state = wire.observe(value)
         seen.append((now[0], value))
-        assert state.armed == (state.steady is not None)
+        assert state.armed == (state.steady is not None) == (state.warmup_left is None)
+        assert state.armed or 0 <= (state.warmup_left or 0) <= s.warmup
         assert state.tripped_for >= 0
         assert state.tripped or state.tripped_for == 0
         if state.tripped and not previous.tripped:  # a trip
