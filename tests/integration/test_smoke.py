@@ -17,14 +17,13 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import pytest
 
-from tests.helpers import libfaketime, wait_until
+from tests.helpers import libfaketime, serve_on_loopback, wait_until
 from watchdog.lab.cluster import EtcdCluster, b64, free_port
 from watchdog.lab.gateway_sim import GatewaySim, SimConfig
 
@@ -463,26 +462,13 @@ class HostileMetrics(BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
 def test_read_only_fails_on_a_loaded_revision_that_cannot_be(
     etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
 ) -> None:
     key = "ronan-" + secrets.token_hex(8)
     keys = key_file(tmp_path, key)
     nan = sims.start(etcd_single, "nan-index", key, faults={"nan-index"})  # the simulator
-    with serve(HostileMetrics) as hostile:  # and bare pages for the other values
+    with serve_on_loopback(HostileMetrics) as hostile:  # and bare pages for the other values
         entries = [gateway_entry(nan, keys, status_url=None)] + [
             {"name": path.strip("/"), "admin_url": hostile, "metrics_url": hostile + path}
             for path in HostileMetrics.values if path != "/nan"]

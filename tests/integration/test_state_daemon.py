@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 import math
 import signal
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 from tests.conftest import FIXTURES, WatchdogProcess
-from tests.helpers import libfaketime, sample, wait_until
+from tests.helpers import libfaketime, sample, serve_on_loopback, wait_until
 from watchdog.lab.cluster import EtcdCluster
 from watchdog.state import StateStore
 
@@ -124,15 +123,8 @@ class HostileEtcd(BaseHTTPRequestHandler):
 @pytest.fixture
 def hostile_etcd() -> Iterator[str]:
     assert b"watch_stream_total 1e308" in HostileEtcd.page
-    server = ThreadingHTTPServer(("127.0.0.1", 0), HostileEtcd)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_on_loopback(HostileEtcd) as url:
+        yield url
 
 
 def all_finite(value: object) -> bool:
