@@ -8,7 +8,7 @@ import re
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -395,6 +395,20 @@ class AuthConfig(Model):
         return self._password
 
 
+_Item = TypeVar("_Item")
+
+
+def _capped(items: list[_Item], cap: int, what: str) -> list[_Item]:
+    """`items`, unless there are more than one watchdog process takes on."""
+    if len(items) > cap:
+        raise ValueError(
+            f"{len(items)} {what} are more than one watchdog process takes on (at "
+            f"most {cap}, the largest fleet measured in docs/benchmarks.md): "
+            "shard them over several watchdog processes, each with its own config file "
+            "and state_dir")
+    return items
+
+
 class EtcdConfig(Model):
     endpoints: list[EtcdUrl] = Field(min_length=1)
     discover_members: bool = True
@@ -417,13 +431,7 @@ class EtcdConfig(Model):
     @field_validator("endpoints")
     @classmethod
     def _cap(cls, endpoints: list[str]) -> list[str]:
-        if len(endpoints) > MAX_ENDPOINTS:
-            raise ValueError(
-                f"{len(endpoints)} endpoints are more than one watchdog process takes on (at "
-                f"most {MAX_ENDPOINTS}, the largest fleet measured in docs/benchmarks.md): "
-                "shard them over several watchdog processes, each with its own config file "
-                "and state_dir")
-        return endpoints
+        return _capped(endpoints, MAX_ENDPOINTS, "endpoints")
 
     def stream_limit_for(self, name: str, url: str) -> int | None:
         """The configured --max-concurrent-streams of one peer (override, then default)."""
@@ -527,13 +535,7 @@ class Config(Model):
     @field_validator("gateways")
     @classmethod
     def _cap(cls, gateways: list[GatewayConfig]) -> list[GatewayConfig]:
-        if len(gateways) > MAX_GATEWAYS:
-            raise ValueError(
-                f"{len(gateways)} gateways are more than one watchdog process takes on (at "
-                f"most {MAX_GATEWAYS}, the largest fleet measured in docs/benchmarks.md): "
-                "shard them over several watchdog processes, each with its own config file "
-                "and state_dir")
-        return gateways
+        return _capped(gateways, MAX_GATEWAYS, "gateways")
 
     @property
     def warnings(self) -> list[tuple[str, str]]:

@@ -202,6 +202,8 @@ def test_endpoint_and_gateway_counts_are_capped() -> None:
     assert found["etcd.endpoints"].startswith(f"{MAX_ENDPOINTS + 1} endpoints are more than "
                                               f"one watchdog process takes on (at most "
                                               f"{MAX_ENDPOINTS}")
+    assert found["gateways"].startswith(f"{MAX_GATEWAYS + 1} gateways are more than one "
+                                        f"watchdog process takes on (at most {MAX_GATEWAYS}")
     assert "shard them over several watchdog processes" in found["gateways"]
     data["etcd"]["endpoints"] = data["etcd"]["endpoints"][:MAX_ENDPOINTS]
     data["gateways"] = data["gateways"][:MAX_GATEWAYS]
