@@ -43,7 +43,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -367,16 +367,22 @@ class ReloadingTLS:
         return None
 
 
+async def _with_headers(request: web.Request, handler: Any,
+                        headers: Mapping[str, str]) -> web.StreamResponse:
+    """The handler's response, or the HTTP error it raises, with `headers` added."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers.update(headers)
+        raise
+    response.headers.update(headers)
+    return response
+
+
 def headers_middleware(headers: dict[str, str]) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def add_headers(request: web.Request, handler: Any) -> web.StreamResponse:
-        try:
-            response: web.StreamResponse = await handler(request)
-        except web.HTTPException as exc:
-            exc.headers.update(headers)
-            raise
-        response.headers.update(headers)
-        return response
+        return await _with_headers(request, handler, headers)
 
     return add_headers
 
@@ -561,10 +567,4 @@ class LiveWebConfig:
         if refusal is not None:
             refusal.headers.update(headers)
             return refusal
-        try:
-            response: web.StreamResponse = await handler(request)
-        except web.HTTPException as exc:
-            exc.headers.update(headers)
-            raise
-        response.headers.update(headers)
-        return response
+        return await _with_headers(request, handler, headers)

@@ -178,6 +178,24 @@ async def test_basic_auth_on_every_path_but_healthz(client: TestClient) -> None:
     assert (await client.get("/nope", headers=basic("prometheus", PASSWORD))).status == 404
 
 
+@pytest.mark.parametrize("live", [False, True])
+async def test_headers_reach_answers_and_http_errors(tmp_path: Path, live: bool) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump({"http_server_config": {"headers": {"X-Frame-Options": "DENY"}}}))
+    config = load_web_config(path)
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app = web.Application(middlewares=[webconfig.LiveWebConfig(config).middleware] if live
+                          else config.middlewares())
+    app.router.add_get("/", ok)
+    async with TestClient(TestServer(app)) as client:
+        for where, status in (("/", 200), ("/nope", 404)):
+            resp = await client.get(where)
+            assert (resp.status, resp.headers.get("X-Frame-Options")) == (status, "DENY"), where
+
+
 @pytest.mark.parametrize("header", [
     basic("prometheus", "wrong"),
     basic("nobody", PASSWORD),
