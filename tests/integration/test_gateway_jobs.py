@@ -80,7 +80,9 @@ def test_slow_admin_shows_its_delay_in_the_admin_histogram(
           f"(slow mean {means['slow'] * 1000:.1f} ms over {end['slow'][1] - start['slow'][1]:.0f} "
           f"calls, healthy mean {means['fast'] * 1000:.1f} ms over "
           f"{end['fast'][1] - start['fast'][1]:.0f} calls)")
-    assert abs(measured - delay) <= 0.01, measured
+    # Within 10 % of the delay: one call stalled 100 ms by a loaded machine moves a
+    # 12-call mean by 8 ms. Precision (within 2 ms of blackbox_exporter) is bench §2's job.
+    assert abs(measured - delay) <= 0.1 * delay, measured
     assert sample(proc.metrics(), "watchdog_gateway_admin_success", gateway="slow") == 1.0
 
 
