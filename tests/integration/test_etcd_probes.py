@@ -99,6 +99,7 @@ async def test_range_and_status_both_apis(
         assert info.is_leader and info.db_size > 0 and info.raft_term >= 1
         assert result.revision == info.revision and info.revision >= 2
     assert json_status.body.member_id == grpc_status.body.member_id
+    assert json_status.body.cluster_id == grpc_status.body.cluster_id != ""
     assert json_status.body.db_size_in_use is not None  # only the JSON answer carries it
 
 
@@ -115,6 +116,8 @@ async def test_member_list_of_three(etcd_cluster3: EtcdCluster, make_http) -> No
         assert int(found.id) == int(found.id_hex, 16)
     probe = await http.member_list_probe(http.urls[0], timeout=2)
     assert probe.ok and probe.op == "member_list" and len(probe.body) == 3
+    status = await http.status(http.urls[0], timeout=2)
+    assert members.cluster_id == probe.body.cluster_id == status.body.cluster_id != ""
 
 
 async def test_metrics_page_is_capped(etcd_single: EtcdCluster, make_http) -> None:

@@ -273,7 +273,7 @@ def test_state_of_another_cluster_is_set_aside_when_the_cluster_is_known_at_load
     clocks, data = saved_under("aaaa", {PEER: "m1", "etcd-2": "m2"})
     bank = clocks.bank()
     assert bank.load_dict(data, max_age=3600, cluster_id="bbbb") == [
-        "state from cluster aaaa set aside, this is cluster bbbb"
+        "foreign state discarded: learned on cluster aaaa, this is cluster bbbb"
     ]
     assert bank.peers() == []
     same = clocks.bank()
@@ -287,7 +287,7 @@ def test_state_of_another_cluster_is_dropped_once_discovery_names_the_cluster() 
     assert bank.load_dict(data, max_age=3600) == []  # the daemon loads before discovery
     bank.observe("etcd-3", WATCH, 5.0)  # learned here, after the load: not theirs
     assert bank.identify("bbbb", {PEER: "x1", "etcd-2": "x2", "etcd-3": "x3"}) == [
-        "state from cluster aaaa set aside, this is cluster bbbb"
+        "foreign state discarded: learned on cluster aaaa, this is cluster bbbb"
     ]
     assert bank.peers() == ["etcd-3"]
     assert bank.to_dict()["cluster_id"] == "bbbb"
