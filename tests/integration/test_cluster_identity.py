@@ -49,6 +49,16 @@ def streams(cluster: EtcdCluster) -> float:
     return sample(cluster.metrics_text(), "etcd_debugging_mvcc_watch_stream_total") or 0.0
 
 
+@pytest.mark.fault(
+    "a new etcd cluster whose member has the same name, same state directory",
+    reports="no trip on the first poll; `foreign state discarded: learned on cluster ...` logged; "
+            "the steady state learned afresh",
+    within="the first poll (asserted)")
+@pytest.mark.fault(
+    "the same cluster's member restarted from its data directory",
+    reports="the learned state applies (steady state at once despite a 1 h warm-up); nothing "
+            "discarded",
+    within="the first poll (asserted)")
 def test_state_of_another_cluster_with_the_same_member_name_is_discarded(
     make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,

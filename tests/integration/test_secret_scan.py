@@ -125,6 +125,16 @@ def lab(make_cluster: Callable[..., EtcdCluster], tmp_path: Path
         yield cluster, info
 
 
+@pytest.mark.fault(
+    "TLS spoken to a plain etcd listener and to a plain admin API, secrets configured",
+    reports="probe failures for that peer, `admin_failures_total{reason=\"tls\"}`; no secret in any "
+            "output",
+    within="30 s (asserted)")
+@pytest.mark.fault(
+    "every secret set to a unique marker under every failure at once",
+    reports="no marker in either debug log format, any page, `/metrics`, smoke, doctor or "
+            "check-config",
+    within="whole run")
 def test_no_secret_leaves_the_process_by_any_output(
     lab: tuple[EtcdCluster, dict[str, Any]], tmp_path: Path,
 ) -> None:
