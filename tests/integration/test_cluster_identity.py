@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -65,11 +66,14 @@ def test_state_of_another_cluster_with_the_same_member_name_is_discarded(
 ) -> None:
     def config(cluster: EtcdCluster, warmup: str, name: str) -> Path:
         # min_streams 1: a steady state of 0 streams, applied to a peer holding 3, trips.
-        return write_config({"etcd": {"endpoints": cluster.endpoints, "interval": "1s",
-                                      "timeout": "800ms", "grpc_probes": False},
+        return write_config({"etcd": {"endpoints": cluster.endpoints, "interval": "500ms",
+                                      "timeout": "400ms", "grpc_probes": False},
                              "tripwire": {"warmup": warmup, "min_streams": 1}}, name=name)
 
-    old = make_cluster(name_prefix="etcd", workdir=tmp_path / "old")
+    # Two unrelated clusters (each its own token and ports), started side by side.
+    with ThreadPoolExecutor(2) as pool:
+        old, new = pool.map(lambda name: make_cluster(name_prefix="etcd",
+                                                      workdir=tmp_path / name), ("old", "new"))
     learn = run_watchdog(config(old, "0s", "learn.yml"))
     wait_until(lambda: sample(learn.metrics(), "watchdog_etcd_watch_streams_steady_state",
                               peer="etcd-0") == 0.0, timeout=10, what="a steady state of 0")
@@ -89,9 +93,7 @@ def test_state_of_another_cluster_with_the_same_member_name_is_discarded(
                   peer="etcd-0") == 0.0
     assert again.stop() == 0
     assert "foreign state discarded" not in again.output(), again.output()
-    old.stop()
 
-    new = make_cluster(name_prefix="etcd", workdir=tmp_path / "new")
     assert new.members[0].name == "etcd-0"
     with held_watches(new.endpoints[0], WATCHES):
         wait_until(lambda: streams(new) >= WATCHES, timeout=10, what="watch streams held")

@@ -194,6 +194,9 @@ def test_no_secret_leaves_the_process_by_any_output(
         "smoke (json, json log)": (*gate, "--output", "json", "--log.format", "json"),
         "doctor --smoke, every failure": ("doctor", "--config", failing, "--duration", "2s",
                                           "--smoke"),
+        "doctor --smoke (json, json log)": ("doctor", "--config", good, "--duration", "2s",
+                                            "--smoke", "--output", "json", "--log.format",
+                                            "json"),
         "check-config": ("check-config", good),
         "check-config userinfo": ("check-config", with_userinfo),
         "run userinfo": ("run", "--config", with_userinfo, "--web.listen-address",
@@ -248,7 +251,8 @@ def test_no_secret_leaves_the_process_by_any_output(
     scan("the daemon log (logfmt, debug, every failure)", failing_log)
 
     expected = {"smoke (text)": 1, "smoke (json, json log)": 1, "doctor --smoke, every failure": 1,
-                "check-config": 0, "check-config userinfo": 2, "run userinfo": 2}
+                "doctor --smoke (json, json log)": 1, "check-config": 0,
+                "check-config userinfo": 2, "run userinfo": 2}
     for name, (code, text) in outputs.items():
         assert code == expected[name], (name, text)
         scan(name, text)
