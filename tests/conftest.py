@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+# The fault-matrix marker and its --fault-matrix-json recorder (docs/reliability.md).
+from tests.faultmatrix import pytest_addoption, pytest_configure  # noqa: F401
 from tests.helpers import GiveUp, http_get, stop_process, wait_until
 from watchdog.lab.cluster import EtcdCluster, free_port
 

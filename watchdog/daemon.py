@@ -76,6 +76,8 @@ class Daemon:
     def deliver(self, result: object) -> None:
         """Apply one job result and log what changed."""
         prev, cur = self.reducer.apply(result)
+        for warning in self.tripwire.drain_warnings():  # e.g. another cluster's state dropped
+            log.warning("state: %s", warning)
         log_changes(prev, cur)
 
     async def poll_etcd(self) -> Snapshot:

@@ -103,6 +103,9 @@ def apply_discovery(prev: Snapshot, found: Discovery, wires: TripwireBank,
     new = {t.name: t for t in targets}
     for gone in prev.peers.keys() - new.keys():
         wires.forget(gone)
+    # Before any poll of these peers is observed: learned state of another cluster, or of a
+    # replaced member that kept its name, must never judge them.
+    wires.identify(found.cluster_id or None, {t.name: t.member_id for t in targets})
     peers: dict[str, PeerState] = {}
     for name, target in new.items():
         old = prev.peers.get(name)
@@ -129,6 +132,10 @@ def apply_polls(prev: Snapshot, polls: Iterable[PeerPoll], now: float, wires: Tr
         if name is not None:
             named.append((name, poll))
     polls = [poll for _, poll in named]
+    if wires.cluster_id is None:  # no member list read yet (or none to read): Status says
+        cluster = next((poll.cluster_id for poll in polls if poll.cluster_id), None)
+        if cluster is not None:
+            wires.identify(cluster, {})
     peers = dict(prev.peers)
     for name, poll in named:
         peers[name] = _polled_peer(peers[name], poll, cycle, now, wires)

@@ -357,6 +357,7 @@ class TripwireBank:
         self._unconfirmed_cluster: str | None = None  # of loaded state, until identify()
         self._unconfirmed: set[str] = set()  # peers loaded under _unconfirmed_cluster
         self._clamped_gone = 0  # clamped samples of wires since forgotten
+        self._warnings: list[str] = []  # identify()'s, until drain_warnings()
 
     @property
     def clamped_samples(self) -> int:
@@ -406,8 +407,8 @@ class TripwireBank:
             if theirs is not None and theirs != cluster_id:
                 for peer in sorted(self._unconfirmed):
                     self.forget(peer)
-                warnings.append(f"state from cluster {theirs} set aside, this is cluster "
-                                f"{cluster_id}")
+                warnings.append(f"foreign state discarded: learned on cluster {theirs}, "
+                                f"this is cluster {cluster_id}")
             if self.cluster_id is not None and self.cluster_id != cluster_id:
                 warnings.append(f"the endpoints now answer for cluster {cluster_id}, not "
                                 f"{self.cluster_id}: every wire learns again")
@@ -425,6 +426,12 @@ class TripwireBank:
                 warnings.append(f"{peer}: member id {known} is now {member_id} (a replaced "
                                 "member?), relearning")
             self._member_ids[peer] = member_id
+        self._warnings += warnings
+        return warnings
+
+    def drain_warnings(self) -> list[str]:
+        """identify()'s warnings since the last call (for whoever logs: the bank does no I/O)."""
+        warnings, self._warnings = self._warnings, []
         return warnings
 
     def to_dict(self) -> dict[str, Any]:
@@ -483,7 +490,8 @@ class TripwireBank:
         if theirs is not None and not isinstance(theirs, str):
             return ["tripwire state ignored: 'cluster_id' is not a string"]
         if theirs and cluster_id and theirs != cluster_id:
-            return [f"state from cluster {theirs} set aside, this is cluster {cluster_id}"]
+            return [f"foreign state discarded: learned on cluster {theirs}, this is cluster "
+                    f"{cluster_id}"]
         members = data.get("members") or {}
         if not isinstance(members, Mapping):
             return ["tripwire state ignored: 'members' is not an object"]

@@ -39,6 +39,14 @@ def alarms(proc: WatchdogProcess) -> list[tuple[str, str]]:
             for labels, value in all_samples(proc.metrics(), "watchdog_etcd_alarm") if value]
 
 
+@pytest.mark.fault(
+    "etcd NOSPACE alarm (a 1 MiB quota filled)",
+    reports="`watchdog_etcd_alarm{peer,alarm=\"NOSPACE\"}` 1",
+    within="15 s at a 0.5 s interval (asserted)")
+@pytest.mark.fault(
+    "the NOSPACE alarm disarmed",
+    reports="the alarm series leaves the output",
+    within="15 s (asserted)")
 def test_nospace_alarm_is_exported_and_clears_when_disarmed(
     make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess],

@@ -191,6 +191,10 @@ async def test_kine(tmp_path: Path) -> None:
         assert poll.metrics_up is None
 
 
+@pytest.mark.fault(
+    "a server serving valid Prometheus text that is not etcd",
+    reports="not up: reason `http`; metrics not up, reason `protocol`",
+    within="the first poll")
 async def test_prometheus_text_that_is_not_etcd_is_not_a_peer() -> None:
     page = b"# TYPE process_open_fds gauge\nprocess_open_fds 9\nnode_load1 0.1\n"
 
@@ -223,6 +227,14 @@ async def test_prometheus_text_that_is_not_etcd_is_not_a_peer() -> None:
 # -- wire mismatches -----------------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "`https://` configured for a plain etcd",
+    reports="`tls` on both APIs with a hint that the listener speaks plain HTTP",
+    within="the first poll")
+@pytest.mark.fault(
+    "`http://` configured for a TLS etcd",
+    reports="`tls` on both APIs with a hint that the listener speaks TLS",
+    within="the first poll")
 async def test_scheme_mismatches_say_what_to_change(etcd_single: EtcdCluster,
                                                     etcd_tls: EtcdCluster) -> None:
     assert etcd_tls.tls_files is not None
@@ -237,6 +249,10 @@ async def test_scheme_mismatches_say_what_to_change(etcd_single: EtcdCluster,
             ("json", Reason.TLS, hint), ("grpc", Reason.TLS, hint)}, poll.probes
 
 
+@pytest.mark.fault(
+    "TLS etcd with no `ca_file` (system CAs only)",
+    reports="`tls` on every probe, detail ending `set etcd.tls.ca_file`",
+    within="the first poll")
 async def test_unknown_ca_says_set_the_ca_file(etcd_tls: EtcdCluster) -> None:
     (poll,) = await polls(etcd_tls.endpoints[0], n=1)  # the system CAs only
     assert not poll.up
@@ -245,6 +261,14 @@ async def test_unknown_ca_says_set_the_ca_file(etcd_tls: EtcdCluster) -> None:
         assert result.detail.endswith("set etcd.tls.ca_file"), result
 
 
+@pytest.mark.fault(
+    "an HTTP/1-only web server configured as etcd",
+    reports="gRPC probes `protocol`; not up",
+    within="the first poll")
+@pytest.mark.fault(
+    "a listener that accepts and never answers",
+    reports="`timeout` on every probe (not `refused`); not up",
+    within="the first poll")
 async def test_http1_only_and_silent_listeners() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     server.RequestHandlerClass.log_message = lambda *a: None  # type: ignore[method-assign]
@@ -265,6 +289,10 @@ async def test_http1_only_and_silent_listeners() -> None:
     assert not http1.up and not quiet.up
 
 
+@pytest.mark.fault(
+    "a TLS server that never offers h2 (ALPN http/1.1)",
+    reports="gRPC probes `protocol`, not `tls`",
+    within="the first poll")
 async def test_tls_without_h2_is_protocol_not_tls(tmp_path: Path) -> None:
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
@@ -286,6 +314,10 @@ async def test_tls_without_h2_is_protocol_not_tls(tmp_path: Path) -> None:
         grpc_results
 
 
+@pytest.mark.fault(
+    "etcd auth off while credentials are configured",
+    reports="every read passes on both APIs; `auth is not enabled` logged; the password not logged",
+    within="the first call")
 async def test_auth_off_while_credentials_are_configured(etcd_single: EtcdCluster,
                                                          caplog: pytest.LogCaptureFixture
                                                          ) -> None:
@@ -301,6 +333,10 @@ async def test_auth_off_while_credentials_are_configured(etcd_single: EtcdCluste
     assert "not-used" not in caplog.text
 
 
+@pytest.mark.fault(
+    "Status refused to a non-root user (etcd 3.6.0-3.6.11)",
+    reports="the peer stays up; status `auth` with the `root role` hint; reads pass",
+    within="the first poll (skipped where no such etcd is installed)")
 async def test_status_refused_to_a_non_root_user(tmp_path: Path) -> None:
     """etcd 3.6.0-3.6.11 (and 3.4.42+, 3.5.28-3.5.31) let only root call Status."""
     binary = next((b for b in etcd_binaries()
@@ -336,6 +372,10 @@ async def test_status_refused_to_a_non_root_user(tmp_path: Path) -> None:
 
 
 
+@pytest.mark.fault(
+    "antietcd stopped and started again",
+    reports="down with `refused`, still known as antietcd; no gRPC probe counted for it; up again",
+    within="the first poll each time (skipped where antietcd is not installed)")
 async def test_a_known_backend_that_goes_down_counts_no_transport_it_lacks(
         tmp_path: Path) -> None:
     binary = antietcd_binary()
@@ -355,6 +395,10 @@ async def test_a_known_backend_that_goes_down_counts_no_transport_it_lacks(
         assert {r.api for r in poll.probes} == {"json"}, poll.probes
 
 
+@pytest.mark.fault(
+    "JSON answers in four shapes that are not etcd's",
+    reports="not up: `protocol` on every JSON probe; no member id invented",
+    within="the first poll")
 @pytest.mark.parametrize("shape", [
     {"status": {"header": "x", "version": 3}, "range": {"header": {}, "kvs": 5}},
     {"status": {"header": {"member_id": [1]}}, "range": {"count": "many", "header": {}}},

@@ -99,6 +99,7 @@ async def test_range_and_status_both_apis(
         assert info.is_leader and info.db_size > 0 and info.raft_term >= 1
         assert result.revision == info.revision and info.revision >= 2
     assert json_status.body.member_id == grpc_status.body.member_id
+    assert json_status.body.cluster_id == grpc_status.body.cluster_id != ""
     assert json_status.body.db_size_in_use is not None  # only the JSON answer carries it
 
 
@@ -115,6 +116,8 @@ async def test_member_list_of_three(etcd_cluster3: EtcdCluster, make_http) -> No
         assert int(found.id) == int(found.id_hex, 16)
     probe = await http.member_list_probe(http.urls[0], timeout=2)
     assert probe.ok and probe.op == "member_list" and len(probe.body) == 3
+    status = await http.status(http.urls[0], timeout=2)
+    assert members.cluster_id == probe.body.cluster_id == status.body.cluster_id != ""
 
 
 async def test_metrics_page_is_capped(etcd_single: EtcdCluster, make_http) -> None:
@@ -148,6 +151,11 @@ def assert_no_secret(secret: str, *things: object) -> None:
                 assert secret not in repr(value)
 
 
+@pytest.mark.fault(
+    "etcd wrong password or no credentials (client level)",
+    reports="`auth` on range and status through both APIs (`authenticate: authentication failed`); "
+            "no secret in any result or log",
+    within="the first call")
 async def test_auth_both_apis(
     auth_cluster: EtcdCluster, make_http, make_grpc, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -184,6 +192,10 @@ async def test_auth_both_apis(
     assert SECRET not in caplog.text and WRONG not in caplog.text
 
 
+@pytest.mark.fault(
+    "an etcd token etcd does not know, then a real expiry (TTL 1 s)",
+    reports="the call authenticates again by itself and passes, on both APIs",
+    within="within the call")
 async def test_token_refresh(auth_cluster: EtcdCluster, make_http, make_grpc) -> None:
     url = auth_cluster.endpoints[0]
     http = make_http(username="root", password=SECRET)
@@ -206,6 +218,10 @@ async def test_token_refresh(auth_cluster: EtcdCluster, make_http, make_grpc) ->
     assert after.ok, after
 
 
+@pytest.mark.fault(
+    "an expired token met by six concurrent gRPC calls",
+    reports="every call passes: renewing never closes the channel under another call",
+    within="within the calls, 4 rounds")
 async def test_expired_token_met_by_two_grpc_calls_at_once(
     auth_cluster: EtcdCluster, make_grpc
 ) -> None:
@@ -227,6 +243,14 @@ async def test_expired_token_met_by_two_grpc_calls_at_once(
 # -- faults --------------------------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "a member paused (SIGSTOP) with 10 calls in flight (client level)",
+    reports="each call ends `timeout`; a healthy member answers meanwhile through both APIs",
+    within="timeout + 0.5 s; healthy calls < 0.5 s (asserted)")
+@pytest.mark.fault(
+    "a member killed (client level)",
+    reports="`refused` on range and status through both APIs",
+    within="< 1 s (asserted)")
 async def test_paused_member_times_out_without_blocking_others(
     make_cluster: Callable[..., EtcdCluster],
     etcd_single: EtcdCluster,
@@ -277,6 +301,10 @@ async def test_paused_member_times_out_without_blocking_others(
         assert result.duration < 1
 
 
+@pytest.mark.fault(
+    "a CA that did not sign etcd's certificate (client level)",
+    reports="`tls` on range and status through both APIs (`certificate verify failed`)",
+    within="the first call")
 async def test_wrong_ca_is_tls(etcd_tls: EtcdCluster, make_http, make_grpc,
                                tmp_path: Path) -> None:
     other = tmp_path / "other-ca.pem"
@@ -294,6 +322,10 @@ async def test_wrong_ca_is_tls(etcd_tls: EtcdCluster, make_http, make_grpc,
     assert results[0].detail.startswith("certificate verify failed")
 
 
+@pytest.mark.fault(
+    "member list asked of a closed port",
+    reports="a typed error with reason `refused`",
+    within="the first call (1 s timeout)")
 async def test_member_list_failure_raises_typed_error(make_http) -> None:
     from watchdog.lab.cluster import free_port
 
@@ -355,6 +387,10 @@ async def wait_for(predicate: Callable[[], object], timeout: float, what: str) -
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+@pytest.mark.fault(
+    "250 watch streams on TLS etcd 3.5.1 (client level)",
+    reports="JSON range `timeout ... in processing`, gRPC range passes",
+    within="JSON < 2.5 s, gRPC < 0.5 s (asserted)")
 @pytest.mark.timeout(60)
 async def test_stall_reproduced(
     make_cluster: Callable[..., EtcdCluster], make_http, make_grpc

@@ -222,6 +222,32 @@ def streaming(fakes: Fakes, key: str, chunk: bytes, total_bytes: int,
 # -- etcd members: killed, restarted, leader killed, hung -----------------------------------
 
 
+@pytest.mark.fault(
+    "etcd member killed (SIGKILL) in a 3-member cluster",
+    reports="`watchdog_etcd_peer_up{peer}` 0; "
+            "`watchdog_etcd_poll_failures_total{reason=\"refused\"}`; "
+            "`watchdog_etcd_probe_failures_total{api=\"json\"|\"grpc\",reason=\"refused\"}`; the "
+            "other members stay up; no job error",
+    within="4 s at a 1 s interval (asserted)")
+@pytest.mark.fault(
+    "the raft leader killed mid-poll",
+    reports="the old leader down; exactly one new `watchdog_etcd_peer_is_leader` 1 among the "
+            "others; the dead peer's `is_leader` series gone (no stale 1)",
+    within="down in 4 s, new leader in 10 s (asserted)")
+@pytest.mark.fault(
+    "a killed member restarted from its data directory",
+    reports="`peer_up` back to 1",
+    within="10 s (asserted)")
+@pytest.mark.fault(
+    "etcd member hung (SIGSTOP: TCP accepted, nothing answered)",
+    reports="`peer_up` 0; `poll_failures_total{reason=\"timeout\"}`; "
+            "`probe_failures_total{api=\"grpc\",reason=\"timeout\"}`; scrapes never wait on it "
+            "(fastest of 5 under the 0.5 s probe timeout); the healthy members stay up",
+    within="4 s at a 1 s interval, 0.5 s timeout (asserted)")
+@pytest.mark.fault(
+    "a hung member resumed (SIGCONT)",
+    reports="`peer_up` back to 1; no job error",
+    within="10 s (asserted)")
 def test_member_killed_leader_changed_hung_and_back(
     make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess],
@@ -274,6 +300,10 @@ def test_member_killed_leader_changed_hung_and_back(
     assert_clean_exit(proc)
 
 
+@pytest.mark.fault(
+    "SIGTERM while the first poll of a hung peer is in flight",
+    reports="`/readyz` 503 during the poll; exit 0, `stopped cleanly`, state file written",
+    within="exit < 5 s with a 3 s poll deadline (asserted)")
 def test_sigterm_during_a_poll_of_a_hung_peer(
     make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
@@ -294,6 +324,20 @@ def test_sigterm_during_a_poll_of_a_hung_peer(
 # -- TLS ----------------------------------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "agent given a CA that did not sign etcd's certificate",
+    reports="`probe_failures_total{reason=\"tls\"}` on both APIs; `peer_up` 0; every poll failure "
+            "is `tls`",
+    within="10 s (asserted)")
+@pytest.mark.fault(
+    "etcd's certificate swapped for one issued to another host name",
+    reports="`probe_failures_total{api=\"json\",reason=\"tls\"}` grows; never `refused`, `timeout` "
+            "or `protocol`; `peer_up` 1 again once the right certificate is back",
+    within="5 s; healed in 5 s (asserted)")
+@pytest.mark.fault(
+    "etcd's certificate swapped for an expired one",
+    reports="the same `tls` failures; healed once a valid certificate is back",
+    within="5 s; healed in 5 s (asserted)")
 def test_tls_wrong_ca_hostname_mismatch_expired_certificate(
     make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
@@ -357,6 +401,11 @@ def test_tls_wrong_ca_hostname_mismatch_expired_certificate(
     assert job_errors(text) == 0
 
 
+@pytest.mark.fault(
+    "etcd requires a client certificate, the agent has none",
+    reports="`tls` on both APIs and as the poll failure, never `refused`; `peer_up` 0; an agent "
+            "with the certificate is up",
+    within="10 s (asserted)")
 def test_client_certificate_missing(
     make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
@@ -386,6 +435,12 @@ def test_client_certificate_missing(
 # -- etcd auth ----------------------------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "etcd auth token expired at every poll (`--auth-token-ttl 1`, 2 s interval)",
+    reports="no failure: re-authentication inside the call (`etcd token rejected, authenticating "
+            "again`, `etcd token rejected over gRPC` at info); `probe_failures_total` stays 0; the "
+            "password in no log line",
+    within="within the call; 2 renewals seen in 12 s (asserted)")
 def test_auth_token_expiry_is_renewed_silently(
     make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
@@ -412,6 +467,50 @@ def test_auth_token_expiry_is_renewed_silently(
 # -- malformed /metrics pages and admin APIs (small fakes) -----------------------------------
 
 
+@pytest.mark.fault(
+    "peer /metrics cut mid-body (Content-Length 100,000, connection aborted)",
+    reports="the peer stays up (its API answers); the page yields no samples "
+            "(`watchdog_etcd_watch_streams` absent); no poll failure; no job error",
+    within="first polls, 10 s (asserted)")
+@pytest.mark.fault(
+    "peer /metrics of 256 KiB random bytes",
+    reports="peer up, no samples, no poll failure, no job error",
+    within="first polls, 10 s (asserted)")
+@pytest.mark.fault(
+    "peer /metrics of 50 MB, chunked, with `max_metrics_bytes: 1MiB`",
+    reports="peer up, no samples; reading stops at the cap (the fake sent less than 50 MB); RSS < "
+            "300 MiB",
+    within="first polls, 10 s (asserted)")
+@pytest.mark.fault(
+    "peer /metrics with every sample, HELP and TYPE twice",
+    reports="one series per peer; the page's last value wins",
+    within="first polls, 10 s (asserted)")
+@pytest.mark.fault(
+    "NaN and +Inf samples on a peer page",
+    reports="peer up; the value is never learned (no steady state, wire not tripped); the peers "
+            "polled after it are recorded and the good one learns",
+    within="first polls, 10 s (asserted)")
+@pytest.mark.fault(
+    "admin API refusing connections",
+    reports="`watchdog_gateway_admin_failures_total{reason=\"refused\"}`; "
+            "`watchdog_gateway_admin_success` 0",
+    within="first poll, 10 s (asserted)")
+@pytest.mark.fault(
+    "admin API that reads the request and never answers",
+    reports="`admin_failures_total{reason=\"timeout\"}`; `admin_success` 0",
+    within="the gateway's 500 ms timeout; 10 s (asserted)")
+@pytest.mark.fault(
+    "admin API answering random bytes",
+    reports="`admin_failures_total{reason=\"protocol\"}`",
+    within="first poll, 10 s (asserted)")
+@pytest.mark.fault(
+    "admin API answering an HTML page with 200",
+    reports="`admin_failures_total{reason=\"protocol\"}`",
+    within="first poll, 10 s (asserted)")
+@pytest.mark.fault(
+    "admin API answering a 50 MB JSON-looking body",
+    reports="`admin_failures_total{reason=\"protocol\"}`; reading stops at 1 MiB",
+    within="first poll, 10 s (asserted)")
 def test_malformed_peer_pages_and_admin_answers(
     fakes: Fakes, write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
@@ -556,6 +655,11 @@ def fill(directory: Path) -> None:
                     f.write(b"\0" * size)
 
 
+@pytest.mark.fault(
+    "state directory read-only (EROFS tmpfs, or ENOTDIR)",
+    reports="`watchdog_state_save_failures_total` counts each failed save; `cannot save state` "
+            "logged; the steady state is still learned in memory; exit 0",
+    within="first save, 10 s (asserted)")
 def test_state_dir_read_only(
     etcd_single: EtcdCluster, write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
@@ -585,6 +689,11 @@ def _read_only_run(cluster: EtcdCluster, write_config: Callable[..., Path],
     assert "cannot save state" in proc.output()
 
 
+@pytest.mark.fault(
+    "state directory full (ENOSPC) after a state was saved",
+    reports="the saved steady state is loaded (at once, despite a 1 h warm-up); each failed save "
+            "counted; `state.json` byte-for-byte unchanged; no temporary file left",
+    within="10 s (asserted)")
 def test_state_dir_full_keeps_the_saved_state(
     etcd_single: EtcdCluster, write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
@@ -635,6 +744,15 @@ def canaries(cluster: EtcdCluster) -> list[str]:
     return [k for k, _ in cluster.get("/apisix/routes/", prefix=True) if "watchdog-canary" in k]
 
 
+@pytest.mark.fault(
+    "SIGTERM to the daemon during a smoke probe (a gateway that never serves the canary)",
+    reports="exit 0; no `watchdog-canary-*` key left in etcd",
+    within="exit within 10 s (asserted)")
+@pytest.mark.fault(
+    "SIGTERM to `watchdog smoke` mid-propagation",
+    reports="exit 1; JSON `interrupted: true`, `canary_deleted: true`, `interrupted by a signal`; "
+            "no canary left",
+    within="exit within 10 s (asserted)")
 def test_sigterm_during_smoke_deletes_the_canary(
     stale_gateway: tuple[EtcdCluster, dict[str, Any], Path], write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess],

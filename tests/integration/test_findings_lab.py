@@ -135,6 +135,38 @@ def lab(sims: SimHost, make_cluster: Callable[..., EtcdCluster],  # noqa: F811
     yield cluster, sims, config, proc
 
 
+@pytest.mark.fault(
+    "gateway admin API slowed to 2 s while etcd answers fast (lab)",
+    reports="finding `gateway_admin_leak` on gw-1 with the fix `restart gateway gw-1`: doctor exit "
+            "1, `/api/v1/findings`, the banner; cleared once the fault is off",
+    within="20 s; cleared in 30 s (asserted)")
+@pytest.mark.fault(
+    "gateway restarted into an initial-sync hang (lab)",
+    reports="finding `init_sync_hang` on gw-1 (fix: pin a known-good APISIX release); cleared once "
+            "the gateway syncs",
+    within="20 s; cleared in 30 s (asserted)")
+@pytest.mark.fault(
+    "gateway that stops applying etcd events while another writes a route (lab)",
+    reports="finding `stale_config` on gw-1 (doctor with `--smoke`); cleared once it applies again",
+    within="20 s; cleared in 30 s (asserted)")
+@pytest.mark.fault(
+    "an etcd-adapter shim that drops writes (lab)",
+    reports="finding `shim_drops_writes` on gw-1, naming the same real etcd (doctor with `--smoke`)",
+    within="20 s; cleared in 30 s (asserted)")
+@pytest.mark.fault(
+    "a gateway leaking watches on every reconnect (lab)",
+    reports="finding `watch_surge` on etcd with the fix to restart the gateway; cleared after the "
+            "restart",
+    within="20 s once past 2.5x the fan-out; cleared in 30 s (asserted)")
+@pytest.mark.fault(
+    "one of three members killed (lab)",
+    reports="findings `peer_down` on fd-2 and `quorum_at_risk`; cleared after the restart",
+    within="20 s; cleared in 30 s (asserted)")
+@pytest.mark.fault(
+    "etcd over its DB quota (NOSPACE), then compacted, defragmented and disarmed (lab)",
+    reports="finding `db_quota` on the members with the fix `alarm disarm`; cleared on each member "
+            "after the disarm",
+    within="20 s; cleared in 30 s (asserted)")
 def test_lab_faults_are_named_and_clear(
         lab: tuple[EtcdCluster, SimHost, Path, WatchdogProcess], tmp_path: Path) -> None:
     cluster, host, config, proc = lab
@@ -217,6 +249,11 @@ def test_lab_faults_are_named_and_clear(
         expect_cleared(proc, "db_quota", f"fd-{member}")
 
 
+@pytest.mark.fault(
+    "nothing listens on the only etcd endpoint (`watchdog doctor`)",
+    reports="JSON findings `peer_down` and `quorum_lost`, status critical, exit 1; no state "
+            "written; a bad duration or config exits 2",
+    within="a 2 s doctor run")
 def test_doctor_json_and_exit_codes(write_config: Callable[..., Path], tmp_path: Path) -> None:
     """Nothing listens on the endpoint: doctor's JSON names the peer down (exit 1) and leaves
     no state behind; a bad duration or config exits 2."""

@@ -52,6 +52,11 @@ def admin_totals(text: str, gateway: str) -> tuple[float, float]:
     return found["sum"], found["count"]
 
 
+@pytest.mark.fault(
+    "a slow admin API (fixed delay)",
+    reports="the delay in `watchdog_gateway_admin_duration_seconds` (mean within 10 ms); admin "
+            "still up",
+    within="12 calls (asserted)")
 def test_slow_admin_shows_its_delay_in_the_admin_histogram(
     etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path],  # noqa: F811
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
@@ -86,6 +91,19 @@ def test_slow_admin_shows_its_delay_in_the_admin_histogram(
     assert sample(proc.metrics(), "watchdog_gateway_admin_success", gateway="slow") == 1.0
 
 
+@pytest.mark.fault(
+    "a gateway that never applies config, under the daemon's periodic smoke",
+    reports="`watchdog_gateway_smoke_success` 0, no `sync_seconds`; `config_lag_revisions` grows "
+            "with each route written; `smoke failed` logged",
+    within="10 s (asserted)")
+@pytest.mark.fault(
+    "a gateway stuck in its initial sync (daemon)",
+    reports="`watchdog_gateway_ready` 0; the status page says NOT READY",
+    within="10 s (asserted)")
+@pytest.mark.fault(
+    "a wrong admin key (daemon)",
+    reports="`admin_failures_total{reason=\"auth\"}` >= 2; the key in no page or log line",
+    within="10 s (asserted)")
 def test_gateway_state_smoke_lag_ready_and_auth_without_leaking_the_key(
     etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path],  # noqa: F811
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,

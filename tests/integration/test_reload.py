@@ -68,6 +68,12 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[str, str], Prometheus]]:
         proc.wait(timeout=15)
 
 
+@pytest.mark.fault(
+    "a bad config reloaded by SIGHUP and by `POST /-/reload`",
+    reports="the process lives on with the running config; `watchdog_config_last_reload_successful` "
+            "0; the endpoint answers 500 naming `etcd.interval`; an error log line; a later good "
+            "reload keeps the learned state",
+    within="at once")
 def test_reload_by_sighup_and_endpoint(etcd_single: EtcdCluster, tmp_path: Path,
                                        prometheus: Callable[[str, str], Prometheus]) -> None:
     config_file = tmp_path / "watchdog.yml"

@@ -63,6 +63,15 @@ def auth_lab(make_cluster: Callable[..., EtcdCluster], tmp_path: Path
         yield cluster, info
 
 
+@pytest.mark.fault(
+    "wrong etcd password (daemon)",
+    reports="`probe_failures_total{api=\"json\"|\"grpc\",reason=\"auth\"}`; the password in no log "
+            "line, page or series",
+    within="10 s (asserted)")
+@pytest.mark.fault(
+    "wrong admin key given to `watchdog smoke`",
+    reports="exit 1, `auth` in the report (text and JSON); the key never echoed",
+    within="the 5 s gate deadline")
 def test_secrets_never_logged_exported_or_reported(
     auth_lab: tuple[EtcdCluster, dict[str, Any]], write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
@@ -143,6 +152,10 @@ def test_secrets_never_logged_exported_or_reported(
     assert_no_secret("the daemon log (wrong password)", bad.output())
 
 
+@pytest.mark.fault(
+    "world-readable etcd password file",
+    reports="check-config warns naming the file and `chmod o-r`; exit 0; the secret not shown",
+    within="at once")
 def test_world_readable_secret_file_warns(tmp_path: Path) -> None:
     password = secret_file(tmp_path / "etcd-password", ETCD_PASSWORD, mode=0o644)
     key = secret_file(tmp_path / "admin-key", ADMIN_KEY, mode=0o600)
@@ -162,6 +175,10 @@ def test_world_readable_secret_file_warns(tmp_path: Path) -> None:
     assert_no_secret("check-config", done.stdout + done.stderr)
 
 
+@pytest.mark.fault(
+    "admin API quoting the wrong key in its 401 body",
+    reports="smoke reports, daemon log and pages say `auth` and `<redacted>`, never the key",
+    within="the failed smoke: 3 s gate, 15 s in the daemon (asserted)")
 def test_an_admin_api_that_echoes_the_key_never_gets_it_relayed(
     etcd_single: EtcdCluster, write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,

@@ -185,6 +185,24 @@ def test_healthy_gateways_exit_0_right_after_the_canary_is_served(
 # -- the gate fails, each with its reason -------------------------------------------
 
 
+@pytest.mark.fault(
+    "gateway stuck in its initial sync, with a status API",
+    reports="FAIL `status ready`/`http`: `/status/ready still answers HTTP 503`; no canary written",
+    within="the 3 s deadline (2.5-3.5 s, asserted)")
+@pytest.mark.fault(
+    "gateway stuck in its initial sync, without a status API",
+    reports="FAIL `propagate`/`timeout`: `data plane still answers 404 Route Not Found`; canary "
+            "deleted",
+    within="the 3 s deadline (asserted)")
+@pytest.mark.fault(
+    "gateway that accepts admin writes and never applies them",
+    reports="FAIL `propagate`/`timeout`, naming `applying etcd changes`; canary deleted",
+    within="the 3 s deadline (asserted)")
+@pytest.mark.fault(
+    "an etcd-adapter shim that drops writes",
+    reports="FAIL `propagate`/`timeout`: `admin API lists no routes`, `etcd-adapter shim`; canary "
+            "deleted",
+    within="the 3 s deadline (asserted)")
 def test_broken_gateways_fail_by_the_deadline_with_a_reason_each(
     etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
 ) -> None:
@@ -246,6 +264,23 @@ def test_broken_gateways_fail_by_the_deadline_with_a_reason_each(
     print("\n" + "\n".join(f"{n}: {g['message']}" for n, g in gws.items()))
 
 
+@pytest.mark.fault(
+    "wrong admin key to the gate",
+    reports="FAIL `[write/auth]`: `admin API rejected the admin key (HTTP 401 ...)`; nothing to "
+            "delete; key not shown",
+    within="the 2 s deadline")
+@pytest.mark.fault(
+    "admin API unreachable",
+    reports="FAIL `[write/refused]`: `unreachable: connection refused`",
+    within="the 2 s deadline")
+@pytest.mark.fault(
+    "data plane unreachable",
+    reports="FAIL `[data plane/refused]`: `not answering after ...`",
+    within="the 2 s deadline")
+@pytest.mark.fault(
+    "status API unreachable",
+    reports="FAIL `[status ready/refused]`: `not answering after ...`",
+    within="the 2 s deadline")
 def test_wrong_key_and_unreachable_text_report_without_ansi(
     etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
 ) -> None:
@@ -291,6 +326,11 @@ def test_wrong_key_and_unreachable_text_report_without_ansi(
 # -- signals ---------------------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "SIGINT or SIGTERM to `watchdog smoke` with one gateway passed and one mid-propagation",
+    reports="exit 1, `interrupted: true`; `interrupted by a signal during propagate`, canary "
+            "deleted; the passed gateway kept its PASS",
+    within="< 2 s after the signal (asserted)")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_gate_deletes_the_canary_and_exits_1(
     sig: signal.Signals, etcd_single: EtcdCluster, sims: SimHost,
@@ -337,6 +377,14 @@ def test_signal_mid_gate_deletes_the_canary_and_exits_1(
 # -- leftover canaries ---------------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "a canary left by a `watchdog smoke` killed with SIGKILL two hours ago",
+    reports="the next run sweeps it and reports it (`swept`, `swept 1 leftover canary route(s)`)",
+    within="the next run")
+@pytest.mark.fault(
+    "another run's canary, mid-propagation at the same time",
+    reports="untouched by the sweep; deleted by its own run",
+    within="the next run")
 def test_a_canary_left_by_a_killed_run_is_swept_and_a_concurrent_one_is_not(
     etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
 ) -> None:
@@ -417,6 +465,10 @@ def test_read_only_on_healthy_gateways_passes_and_writes_nothing(
         assert gw["config_lag"] == 0 and gw["canary_route"] is None
 
 
+@pytest.mark.fault(
+    "read-only gate on a gateway that stopped applying etcd changes",
+    reports="FAIL `config lag`/`timeout`, `config_lag` >= 2, `stopped applying etcd changes`",
+    within="the 2 s deadline")
 def test_read_only_on_a_stale_gateway_fails_on_config_lag(
     etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
 ) -> None:
@@ -468,6 +520,11 @@ class HostileMetrics(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.fault(
+    "gateway reporting a loaded revision of NaN, +Inf, 1e300, -3 or above etcd's",
+    reports="FAIL `config lag`/`protocol`: `report a loaded config revision that cannot be`; never "
+            "`config lag 0`",
+    within="at once: < 4 s of a 5 s deadline (asserted)")
 def test_read_only_fails_on_a_loaded_revision_that_cannot_be(
     etcd_single: EtcdCluster, sims: SimHost, write_config: Callable[..., Path], tmp_path: Path,
 ) -> None:
@@ -495,6 +552,10 @@ def test_read_only_fails_on_a_loaded_revision_that_cannot_be(
     assert "config lag 0" not in done.stdout
 
 
+@pytest.mark.fault(
+    "read-only gate with etcd endpoints that accept and never answer",
+    reports="FAIL `config lag`/`timeout`: `no answer from etcd by the deadline`",
+    within="< 3.5 s with a 3 s deadline (asserted)")
 def test_read_only_on_a_silent_etcd_ends_by_the_deadline_saying_timeout(
     sims: SimHost, etcd_single: EtcdCluster, write_config: Callable[..., Path], tmp_path: Path,
 ) -> None:
@@ -523,6 +584,10 @@ def test_read_only_on_a_silent_etcd_ends_by_the_deadline_saying_timeout(
 # -- usage errors -------------------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "`watchdog smoke` with broken YAML, an unknown key, or an unknown gateway",
+    reports="exit 2 naming the key or the gateway (and the configured ones); no traceback",
+    within="at once")
 def test_bad_config_and_unknown_gateway_exit_2(
     write_config: Callable[..., Path], tmp_path: Path,
 ) -> None:

@@ -41,6 +41,19 @@ HOSTILE_FILES = {
 }
 
 
+@pytest.mark.fault(
+    "state file holding a 400-digit integer",
+    reports="set aside as `state.json.corrupt-<time>` (`is unusable ... set aside as`); the daemon "
+            "serves, exits 0 and writes a fresh state; no traceback",
+    within="at start; serving within 10 s (asserted)")
+@pytest.mark.fault(
+    "state file nested 100,000 deep",
+    reports="set aside with a warning; the daemon serves, exits 0, saves a fresh state",
+    within="at start; serving within 10 s (asserted)")
+@pytest.mark.fault(
+    "state file whose `saved_at` is a string",
+    reports="set aside with a warning; the daemon serves, exits 0, saves a fresh state",
+    within="at start; serving within 10 s (asserted)")
 def test_hostile_state_files_are_set_aside_and_each_daemon_serves(
     etcd_single: EtcdCluster, write_config: Callable[..., Path], tmp_path: Path,
 ) -> None:
@@ -137,6 +150,11 @@ def all_finite(value: object) -> bool:
     return True
 
 
+@pytest.mark.fault(
+    "etcd page claiming 1e308 watch streams",
+    reports="exported as the peer says; the trip wire clamps at 2^53 so the state stays finite and "
+            "saves; SIGTERM exits 0 with it flushed, no `cannot save state`",
+    within="4 polls, 15 s (asserted)")
 def test_a_page_claiming_1e308_watch_streams_never_stops_persistence(
     hostile_etcd: str, write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,
@@ -164,6 +182,11 @@ def test_a_page_claiming_1e308_watch_streams_never_stops_persistence(
     assert not list((tmp_path / "state").glob("state.json.corrupt-*"))
 
 
+@pytest.mark.fault(
+    "wall clock 2 days ahead (libfaketime), corrected before the next start",
+    reports="`learned state loaded`, no `relearning`; the steady state is there at once despite a 1 "
+            "h warm-up",
+    within="first poll, 10 s (asserted)")
 def test_a_clock_that_ran_ahead_and_was_corrected_keeps_the_learned_state(
     etcd_single: EtcdCluster, write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess], tmp_path: Path,

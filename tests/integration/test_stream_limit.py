@@ -29,6 +29,11 @@ def flagged_etcd() -> str | None:
     return usable[-1] if usable else None
 
 
+@pytest.mark.fault(
+    "JSON gateway stalled at a configured stream limit (TLS and plain)",
+    reports="JSON range `timeout`, gRPC passes, the peer stays up (a stalled gateway, not a dead "
+            "peer); the configured limit is exposed",
+    within="each poll (asserted)")
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
 async def test_stall_at_the_configured_limit(tls: bool) -> None:

@@ -27,6 +27,14 @@ def write_atomically(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+@pytest.mark.fault(
+    "CA rotation: CA1+CA2 bundle, etcd switched to a CA2 server certificate",
+    reports="JSON and gRPC probes pass on the changed files (a client still on the old files fails)",
+    within="the next poll after the 0.25 s file check (asserted)")
+@pytest.mark.fault(
+    "client certificate renewed on disk, then the old CA retired by etcd",
+    reports="both APIs keep passing with the renewed certificate",
+    within="the next poll after the 0.25 s file check (asserted)")
 @pytest.mark.timeout(120)
 async def test_ca_rotation_and_client_cert_renewal(
     make_cluster: object, tmp_path: Path

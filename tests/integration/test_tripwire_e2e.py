@@ -32,6 +32,11 @@ async def wait_for(check: Callable[[], object], timeout: float, what: str) -> fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+@pytest.mark.fault(
+    "a watch surge to 2.33x the steady state",
+    reports="`watchdog_etcd_watch_tripwire` 1, the steady state frozen, `watch_streams_ratio` 2.33; "
+            "clears after the hold",
+    within="2 intervals + 0.5 s; clears within hold + 3 intervals (asserted)")
 async def test_surge_trips_within_two_intervals_and_clears(
     make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess],
@@ -73,6 +78,10 @@ async def test_surge_trips_within_two_intervals_and_clears(
         await steady.stop()
 
 
+@pytest.mark.fault(
+    "watchdog restarted",
+    reports="the wire is armed at once with the saved steady state, no new warm-up",
+    within="the first poll")
 async def test_state_survives_a_restart_of_watchdog(
     make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
     run_watchdog: Callable[..., WatchdogProcess],

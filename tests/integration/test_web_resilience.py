@@ -126,6 +126,17 @@ def daemon(etcd_single: EtcdCluster, tmp_path_factory: pytest.TempPathFactory
             proc.wait(timeout=5)
 
 
+@pytest.mark.fault(
+    "1,100 half-open connections (request head never finished)",
+    reports="`/healthz` and `/metrics` answer throughout; at most 512 connections "
+            "(`watchdog_web_connections_dropped_total{reason=\"limit\"}`); the rest closed at the "
+            "header timeout (`reason=\"header_timeout\"`); the etcd job keeps polling; the log "
+            "grows < 6,000 bytes, rate-limited, no `Too many open files`",
+    within="answers < 5 s; closed within the 3 s header timeout + 10 s (asserted)")
+@pytest.mark.fault(
+    "open-files soft limit of 256 at start (hard 4096)",
+    reports="raised to the hard limit, logged `open files limit soft=4096 hard=4096 was=256`",
+    within="at start")
 def test_half_open_connections_do_not_take_the_server_down(daemon: Daemon) -> None:
     assert "open files limit soft=4096 hard=4096 was=256" in daemon.output()
     etcd_runs = metric(daemon, "watchdog_job_runs_total", task="etcd", outcome="success")
@@ -193,6 +204,11 @@ def scrape_past_the_cap(port: int, attempts: int = 5) -> int:
     raise AssertionError("unreachable")
 
 
+@pytest.mark.fault(
+    "1,000 concurrent wrong basic-auth passwords",
+    reports="wrong ones get 401 or 429 (the bcrypt queue is bounded); the cached right credential "
+            "is never evicted nor re-verified",
+    within="right scrape < 1 s during the flood (asserted)")
 def test_basic_auth_flood_keeps_the_right_credential_fast(daemon: Daemon) -> None:
     assert raw_get(daemon.port, "/metrics")[0] == 200  # the right credential, now cached
     verified_ok = metric(daemon, "watchdog_web_basic_auth_checks_total", outcome="verified_ok")
@@ -221,6 +237,10 @@ def test_basic_auth_flood_keeps_the_right_credential_fast(daemon: Daemon) -> Non
     assert metric(daemon, "watchdog_web_basic_auth_checks_total", outcome="cached_ok") >= 4
 
 
+@pytest.mark.fault(
+    "2,000 malformed requests (bad header, TLS hello, 9 KB URL, negative Content-Length, HTTP/9.9)",
+    reports="`/healthz` still 200; the log grows < 4,000 bytes, no traceback, no error line",
+    within="after the 2,000 (asserted)")
 def test_garbage_requests_log_little(daemon: Daemon) -> None:
     log_before = daemon.log_size()
     garbage = [
@@ -252,6 +272,14 @@ def test_garbage_requests_log_little(daemon: Daemon) -> None:
     assert b"Traceback" not in grown and b"level=error" not in grown
 
 
+@pytest.mark.fault(
+    "basic-auth password rotated in the web config file",
+    reports="the old password gets 401, the new one 200",
+    within="the very next request (asserted)")
+@pytest.mark.fault(
+    "web config file broken on disk (a plaintext password)",
+    reports="the last good config is kept; `web config not reloaded` logged",
+    within="the very next request (asserted)")
 def test_changed_web_config_stops_the_old_password(daemon: Daemon) -> None:
     assert raw_get(daemon.port, "/metrics")[0] == 200
     new_password = "rotated-" + os.urandom(6).hex()

@@ -113,6 +113,15 @@ def stop(daemon: Daemon) -> None:
     assert "Traceback" not in daemon.output()
 
 
+@pytest.mark.fault(
+    "scrape without credentials, with a wrong password, or as an unknown user",
+    reports="401 with `WWW-Authenticate: Basic` on `/metrics`, `/` and `/readyz`; `/healthz` "
+            "answers without credentials; password and hash in no log line",
+    within="at once")
+@pytest.mark.fault(
+    "plain HTTP to the TLS web port; a client that does not trust the CA",
+    reports="no answer (the connection fails); the handshake is refused",
+    within="at once")
 def test_tls_and_basic_auth(start: Callable[..., Daemon], tls_dir: Path) -> None:
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(6)).decode()
     daemon = start({"tls_server_config": {"cert_file": str(tls_dir / "cert.pem"),
@@ -147,6 +156,10 @@ def test_tls_and_basic_auth(start: Callable[..., Daemon], tls_dir: Path) -> None
     stop(daemon)
 
 
+@pytest.mark.fault(
+    "web client without a certificate, or with one from another CA (`RequireAndVerifyClientCert`)",
+    reports="the TLS handshake is refused; a client with a certificate from the CA gets `/metrics`",
+    within="at once")
 def test_client_certificates_required(start: Callable[..., Daemon], tls_dir: Path,
                                       ca: trustme.CA) -> None:
     daemon = start({"tls_server_config": {
@@ -169,6 +182,10 @@ def test_client_certificates_required(start: Callable[..., Daemon], tls_dir: Pat
     stop(daemon)
 
 
+@pytest.mark.fault(
+    "invalid web config (unknown key, plaintext password, missing certificate, YAML syntax error)",
+    reports="exit 2, `invalid web config` naming the key; no traceback, no password",
+    within="at start (20 s bound)")
 @pytest.mark.parametrize(("web", "expected"), [
     ({"tls_server_config": {"cert_file": "cert.pem", "key_file": "key.pem",
                             "client_auth": "RequireAndVerifyClientCert"}},

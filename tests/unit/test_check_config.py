@@ -89,6 +89,10 @@ def test_file_flag_and_environment_variable(tmp_path: Path) -> None:
     assert both.returncode == 2 and "two config files given" in both.stderr
 
 
+@pytest.mark.fault(
+    "an etcd endpoint without a port",
+    reports="check-config and run both exit 2 with the same message naming `etcd.endpoints[0]`",
+    within="at start")
 def test_check_config_and_run_agree_on_an_endpoint_without_port(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yml", {"etcd": {"endpoints": ["http://127.0.0.2"]},
                                       "state_dir": str(tmp_path / "state")})

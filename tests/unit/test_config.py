@@ -161,6 +161,10 @@ def test_admin_key_is_optional_but_not_twice(tmp_path: Path) -> None:
 
 # -- absurd values, caps ---------------------------------------------------------------------
 
+@pytest.mark.fault(
+    "`smoke.interval: 5ms` and other absurd durations",
+    reports="a config error naming the key and the floor (`did you mean 5m?`)",
+    within="at load")
 @pytest.mark.parametrize(("section", "key", "value", "message"), [
     ("etcd", "interval", "5ms", "5ms is below the 100ms minimum (did you mean 5m?)"),
     ("etcd", "timeout", "10ms", "10ms is below the 50ms minimum (did you mean 10m?)"),
@@ -189,6 +193,10 @@ def test_floors_leave_short_intervals_and_disabled_smoke_alone(tmp_path: Path) -
     assert config.warnings == []  # smoke is off: a missing data_url is fine
 
 
+@pytest.mark.fault(
+    "more endpoints or gateways than one process takes on",
+    reports="a config error naming `etcd.endpoints` / `gateways` and the cap, suggesting shards",
+    within="at load")
 def test_endpoint_and_gateway_counts_are_capped() -> None:
     data = {"etcd": {"endpoints": [f"http://127.0.{i // 250}.{i % 250 + 1}:2379"
                                    for i in range(MAX_ENDPOINTS + 1)]},
@@ -234,6 +242,10 @@ def test_etcd_endpoint_needs_a_port_and_nothing_after_it(tmp_path: Path) -> None
     assert "write https://etcd-1.example:2379 " in found["gateways[0].etcd_endpoint"]
 
 
+@pytest.mark.fault(
+    "credentials in URL userinfo (any URL key)",
+    reports="refused naming the key, the credentials shown as `<credentials>`",
+    within="at load")
 def test_credentials_in_any_url_are_refused_without_showing_them(tmp_path: Path) -> None:
     data = {"etcd": {"endpoints": ["https://usr-333:etcd-pw-123@127.0.0.1:2379"]},
             "gateways": [{"name": "gw", "admin_url": "http://admin:adm-pw-456@127.0.0.1:9180",
@@ -269,6 +281,11 @@ def gateway_with_key(key_file: Path) -> dict[str, object]:
                                      "admin_key_file": str(key_file)}]}
 
 
+@pytest.mark.fault(
+    "a multi-line admin key file",
+    reports="the first non-empty line is used, with a warning counting the others; a blank file is "
+            "an error",
+    within="at load")
 def test_multi_line_admin_key_file_uses_the_first_non_empty_line(tmp_path: Path) -> None:
     key = tmp_path / "admin.key"
     key.write_text("\n   \n  first-line-key  \nsecond-line\n\nthird\n")
@@ -299,6 +316,10 @@ def test_multi_line_secret_from_the_environment(tmp_path: Path,
                                      "key is empty"}
 
 
+@pytest.mark.fault(
+    "a password file that is not UTF-8",
+    reports="an error naming the key and the path, no byte and no offset",
+    within="at load")
 def test_non_utf8_secret_names_key_and_path_but_no_byte(tmp_path: Path) -> None:
     pw = tmp_path / "pw.txt"
     pw.write_bytes(b"caf\xe9-zq\xff\n")
@@ -312,6 +333,11 @@ def test_non_utf8_secret_names_key_and_path_but_no_byte(tmp_path: Path) -> None:
         assert leak not in text.replace(str(tmp_path), "")
 
 
+@pytest.mark.fault(
+    "a secret or TLS file that is a FIFO, a directory or a device",
+    reports="a config error naming the key (`is a FIFO: give the path of a regular file`); never "
+            "read, no hang",
+    within="at load")
 def test_non_regular_files_are_refused(tmp_path: Path) -> None:
     fifo = tmp_path / "key.fifo"
     os.mkfifo(fifo)
@@ -330,6 +356,10 @@ def test_non_regular_files_are_refused(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.fault(
+    "the config file is a FIFO",
+    reports="refused, never read (no hang)",
+    within="at load")
 def test_config_file_that_is_a_fifo_is_refused_not_read(tmp_path: Path) -> None:
     fifo = tmp_path / "watchdog.yml"
     os.mkfifo(fifo)

@@ -23,6 +23,7 @@ from watchdog.etcd.tlsfiles import TlsFiles
 from watchdog.results import ProbeResult, Reason
 
 BACKENDS = Path(__file__).resolve().parent.parent / "fixtures" / "backends"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "etcd"
 
 
 @pytest.mark.parametrize("release", ["3.5.35", "3.6.16", "3.7.3"])
@@ -83,6 +84,13 @@ def test_status_of_each_server() -> None:
     # proto3 leaves zero fields out; 0 and absent both mean "not reported", never "0".
     empty = EtcdStatus.from_json({"header": {"member_id": "0"}, "leader": 0})
     assert (empty.member_id, empty.leader, empty.db_size) == ("", "", None)
+    assert (anti.cluster_id, empty.cluster_id) == ("", "")
+
+
+def test_cluster_id_in_hex_as_etcdctl_prints_it() -> None:
+    status = EtcdStatus.from_json(json.loads(
+        (FIXTURES / "etcd-3.4.23-idle_v3_maintenance_status.json").read_text()))
+    assert status.cluster_id == format(324952591200643719, "x")
 
 
 @pytest.mark.parametrize("bad", [

@@ -324,3 +324,49 @@ def test_stream_headroom_crossing_is_logged_once_each_way(page: PeerMetrics) -> 
         messages += [m for _, m in changes(prev, snap) if "headroom" in m]
     assert messages == ["stream headroom low peer=etcd-0 headroom=20 limit=250",
                         "stream headroom recovered peer=etcd-0 headroom=50"]
+
+
+def learned_on(cluster: str, page: PeerMetrics) -> dict[str, object]:
+    """The trip wire's saved state after peer A learned 10 streams on `cluster`."""
+    reducer, _, bank = make_reducer(warmup=0.0)  # armed at the second sample
+    reducer.apply(EtcdCycle(polls=(up_poll(A, page, 10),),
+                            before=Discovery((A,), cluster_id=cluster)))
+    reducer.apply(EtcdCycle(polls=(up_poll(A, page, 10),)))
+    data = bank.to_dict()
+    assert data["cluster_id"] == cluster and data["members"] == {"etcd-0": "a1"}
+    return data
+
+
+@pytest.mark.fault(
+    "another cluster's learned state when no member list can be read (Status names the cluster)",
+    reports="discarded before the first poll is judged, with the same warning; a fresh wire",
+    within="the first poll")
+@pytest.mark.parametrize("via", ["member list", "status"])
+def test_state_of_another_cluster_never_judges_the_first_poll(page: PeerMetrics,
+                                                              via: str) -> None:
+    saved = learned_on("aaaa", page)
+    reducer, _, bank = make_reducer(warmup=0.0)
+    assert bank.load_dict(saved, max_age=3600) == [] and bank.wire_count() == 1
+    # The same member name and id on another cluster, holding 10x the learned streams.
+    poll = up_poll(A, page, 100)
+    if via == "status":  # no member list (kine, or a refused one): Status names the cluster
+        found, poll = Discovery((A,), error="member list: auth"), \
+            dataclasses.replace(poll, cluster_id="bbbb")
+    else:
+        found = Discovery((A,), cluster_id="bbbb")
+    _, snap = reducer.apply(EtcdCycle(polls=(poll,), before=found))
+    wire = snap.peers["etcd-0"].wires["watch_streams"]
+    assert not wire.tripped and wire.steady is None  # a fresh wire, nothing inherited
+    assert bank.drain_warnings() == [
+        "foreign state discarded: learned on cluster aaaa, this is cluster bbbb"]
+    assert bank.drain_warnings() == [] and bank.to_dict()["cluster_id"] == "bbbb"
+
+
+def test_state_of_the_same_cluster_judges_at_once(page: PeerMetrics) -> None:
+    saved = learned_on("aaaa", page)
+    reducer, _, bank = make_reducer(warmup=3600.0)
+    bank.load_dict(saved, max_age=3600)
+    _, snap = reducer.apply(EtcdCycle(polls=(up_poll(A, page, 100),),
+                                      before=Discovery((A,), cluster_id="aaaa")))
+    wire = snap.peers["etcd-0"].wires["watch_streams"]
+    assert wire.tripped and wire.steady == 10 and bank.drain_warnings() == []

@@ -63,6 +63,10 @@ def round_trip(data: dict[str, Any]) -> dict[str, Any]:
 # --- #14.14: durations on the monotonic clock -------------------------------------------
 
 
+@pytest.mark.fault(
+    "wall clock stepped back 1 h with a tripped wire (injected clock)",
+    reports="the wire clears exactly `hold` after the value fell",
+    within="`hold` (asserted)")
 def test_a_wall_clock_step_back_of_an_hour_does_not_freeze_the_hold_timer() -> None:
     clocks = Clocks()
     bank = armed(clocks)
@@ -76,6 +80,10 @@ def test_a_wall_clock_step_back_of_an_hour_does_not_freeze_the_hold_timer() -> N
     assert states[cleared - 1].tripped_for == S.hold
 
 
+@pytest.mark.fault(
+    "wall clock stepped forward (injected clock)",
+    reports="neither restarts the warm-up nor ages the trip",
+    within="at once")
 def test_a_wall_clock_step_forward_neither_restarts_warm_up_nor_ages_the_trip() -> None:
     clocks = Clocks()
     bank = clocks.bank()
@@ -102,6 +110,10 @@ def test_a_restart_on_the_same_boot_measures_the_downtime_on_the_monotonic_clock
     assert restarted.state(PEER, WATCH) == bank.state(PEER, WATCH)
 
 
+@pytest.mark.fault(
+    "wall clock stepped forward while watchdog was down, same boot",
+    reports="the saved state is kept (downtime measured on the monotonic clock)",
+    within="at load")
 def test_a_forward_step_while_down_does_not_drop_the_state_on_the_same_boot() -> None:
     clocks = Clocks()
     bank = armed(clocks)
@@ -273,7 +285,7 @@ def test_state_of_another_cluster_is_set_aside_when_the_cluster_is_known_at_load
     clocks, data = saved_under("aaaa", {PEER: "m1", "etcd-2": "m2"})
     bank = clocks.bank()
     assert bank.load_dict(data, max_age=3600, cluster_id="bbbb") == [
-        "state from cluster aaaa set aside, this is cluster bbbb"
+        "foreign state discarded: learned on cluster aaaa, this is cluster bbbb"
     ]
     assert bank.peers() == []
     same = clocks.bank()
@@ -287,7 +299,7 @@ def test_state_of_another_cluster_is_dropped_once_discovery_names_the_cluster() 
     assert bank.load_dict(data, max_age=3600) == []  # the daemon loads before discovery
     bank.observe("etcd-3", WATCH, 5.0)  # learned here, after the load: not theirs
     assert bank.identify("bbbb", {PEER: "x1", "etcd-2": "x2", "etcd-3": "x3"}) == [
-        "state from cluster aaaa set aside, this is cluster bbbb"
+        "foreign state discarded: learned on cluster aaaa, this is cluster bbbb"
     ]
     assert bank.peers() == ["etcd-3"]
     assert bank.to_dict()["cluster_id"] == "bbbb"

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,21 @@ class Member:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberList:
+    """A MemberList answer: the members and the id of the cluster that answered ("" when
+    the server reports none)."""
+
+    members: tuple[Member, ...]
+    cluster_id: str = ""
+
+    def __iter__(self) -> Iterator[Member]:
+        return iter(self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+@dataclass(frozen=True, slots=True)
 class EtcdStatus:
     """The useful part of a maintenance Status answer.
 
@@ -93,6 +108,7 @@ class EtcdStatus:
     errors: tuple[str, ...] = ()
     storage_version: str | None = None
     keys: frozenset[str] = frozenset()  # top-level fields of the answer, for identify()
+    cluster_id: str = ""  # hex, as etcdctl and MemberList give it; "" when not reported
 
     @property
     def has_leader(self) -> bool:
@@ -122,6 +138,7 @@ class EtcdStatus:
             errors=tuple(str(e) for e in data.get("errors") or ()),
             storage_version=None if storage is None else str(storage),
             keys=frozenset(str(k) for k in data),
+            cluster_id=_hex_id(_id(header.get("cluster_id"))),
         )
 
 
@@ -598,17 +615,21 @@ class EtcdHttp:
             return result
         try:
             assert isinstance(result.body, Mapping)
-            members = [Member.from_json(m) for m in result.body.get("members") or ()]
+            members = tuple(Member.from_json(m) for m in result.body.get("members") or ())
+            header = result.body.get("header") or {}
+            assert isinstance(header, Mapping)
+            found = MemberList(members, _hex_id(_id(header.get("cluster_id"))))
         except (AssertionError, AttributeError, KeyError, TypeError, ValueError):
             return _unexpected(result)
-        return dataclasses.replace(result, body=members)
+        return dataclasses.replace(result, body=found)
 
-    async def member_list(self, url: str, timeout: float) -> list[Member]:
-        """The cluster's members as url's member sees them; EtcdCallError on failure."""
+    async def member_list(self, url: str, timeout: float) -> MemberList:
+        """The cluster's members as url's member sees them, with the cluster id (hex, as
+        etcdctl prints it); EtcdCallError on failure."""
         result = await self.member_list_probe(url, timeout)
         if not result.ok:
             raise EtcdCallError(result)
-        assert isinstance(result.body, list)
+        assert isinstance(result.body, MemberList)
         return result.body
 
     async def version(self, url: str, timeout: float) -> ProbeResult:

@@ -22,6 +22,7 @@ class Discovery:
 
     targets: tuple[PeerTarget, ...]
     error: str = ""
+    cluster_id: str = ""  # of the cluster that answered the member list (hex); "" unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +81,10 @@ class EtcdJob:
         not two."""
         targets = self.targets()
         before: Discovery | None = None
-        discovery: asyncio.Task[tuple[list[PeerTarget], str]] | None = None
+        discovery: asyncio.Task[tuple[list[PeerTarget], str, str]] | None = None
         if not targets or self.discover_first:
-            found, error = await discover(self.config, self.http, targets)
-            before, targets = Discovery(tuple(found), error), found
+            found, error, cluster = await discover(self.config, self.http, targets)
+            before, targets = Discovery(tuple(found), error, cluster), found
             self.discover_first = False
         elif self._needs_discovery(targets):
             discovery = asyncio.create_task(discover(self.config, self.http, targets))
@@ -101,8 +102,8 @@ class EtcdJob:
             polls = await asyncio.gather(*(poll_one(t) for t in targets))
             after = None
             if discovery is not None:
-                found, error = await discovery
-                after = Discovery(tuple(found), error)
+                found, error, cluster = await discovery
+                after = Discovery(tuple(found), error, cluster)
         finally:
             if discovery is not None and not discovery.done():
                 discovery.cancel()

@@ -27,7 +27,7 @@ from watchdog.etcd.backend import (
     identify,
     is_etcd_page,
 )
-from watchdog.etcd.client import EtcdCallError, EtcdHttp, EtcdStatus, Member, VersionInfo
+from watchdog.etcd.client import EtcdCallError, EtcdHttp, EtcdStatus, MemberList, VersionInfo
 from watchdog.etcd.exposure import StreamLimitLearner, exposed, stream_limit
 from watchdog.etcd.probes import GrpcProber
 from watchdog.etcd.promtext import (
@@ -92,6 +92,7 @@ class PeerPoll:
     alarms: tuple[str, ...] = ()  # active etcd alarms (NOSPACE, CORRUPT), from Status
     reported_version: str = ""  # what the server claims (kine and etcd-adapter emulate)
     notes: tuple[str, ...] = ()  # short, secret-free findings for the status page
+    cluster_id: str = ""  # from Status (hex), when the server reports one
 
 
 @dataclass
@@ -112,8 +113,9 @@ def peer_facts(http: EtcdHttp, url: str) -> PeerFacts:
 
 async def discover(
     config: EtcdConfig, http: EtcdHttp, known: list[PeerTarget]
-) -> tuple[list[PeerTarget], str]:
-    """The peers to poll now, and an error text when the member list could not be read.
+) -> tuple[list[PeerTarget], str, str]:
+    """The peers to poll now, an error text when the member list could not be read, and
+    the id of the cluster that answered it ("" when unknown).
 
     With discover_members, every member's first client URL is watched; otherwise only the
     configured endpoints, named after their member when the member list says who they are.
@@ -121,12 +123,12 @@ async def discover(
     """
     if all(_no_member_list(http, url) for url in config.endpoints):
         # kine has no JSON gateway, antietcd no member list: nothing to discover.
-        return list(known) or [PeerTarget(name=url, url=url) for url in config.endpoints], ""
+        return list(known) or [PeerTarget(name=url, url=url) for url in config.endpoints], "", ""
     members, error = await _first_member_list(config, http)
     if members is None:
         if known:
-            return known, error
-        return [PeerTarget(name=url, url=url) for url in config.endpoints], error
+            return known, error, ""
+        return [PeerTarget(name=url, url=url) for url in config.endpoints], error, ""
 
     by_url: dict[str, PeerTarget] = {}
     for m in members:
@@ -143,8 +145,9 @@ async def discover(
                 continue
             url = m.client_urls[0].rstrip("/")
             seen[url] = by_url[url]
-        return sorted(seen.values(), key=lambda t: t.name), ""
-    return [by_url.get(url, PeerTarget(name=url, url=url)) for url in config.endpoints], ""
+        return sorted(seen.values(), key=lambda t: t.name), "", members.cluster_id
+    return ([by_url.get(url, PeerTarget(name=url, url=url)) for url in config.endpoints], "",
+            members.cluster_id)
 
 
 def _no_member_list(http: EtcdHttp, url: str) -> bool:
@@ -157,7 +160,8 @@ def _no_member_list(http: EtcdHttp, url: str) -> bool:
 DISCOVERY_HEDGE = 0.25
 
 
-async def _first_member_list(config: EtcdConfig, http: EtcdHttp) -> tuple[list[Member] | None, str]:
+async def _first_member_list(config: EtcdConfig, http: EtcdHttp
+                             ) -> tuple[MemberList | None, str]:
     """Ask the first configured endpoint; when it fails, or has not answered within
     DISCOVERY_HEDGE (a quarter of the timeout at most), ask every other endpoint at once. The
     first answer wins. One request per cycle while the first endpoint is healthy (not one per
@@ -291,6 +295,7 @@ async def poll_peer(
     if status is not None:
         poll.reported_version = status.version
         poll.alarms = alarms_of(status.errors)
+        poll.cluster_id = status.cluster_id
         if status.has_leader and LEADER not in unavailable:
             poll.is_leader = status.is_leader
         if status.member_id and MEMBER_ID not in unavailable:

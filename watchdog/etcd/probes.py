@@ -423,6 +423,7 @@ class GrpcProber:
                 raft_index=resp.raftIndex or None,
                 revision=resp.header.revision or None,
                 errors=tuple(str(e) for e in getattr(resp, "errors", ()) or ()),
+                cluster_id=format(resp.header.cluster_id, "x") if resp.header.cluster_id else "",
             )
             return resp.header.revision, info
 
