@@ -19,6 +19,7 @@ from watchdog.etcd.peers import PeerPoll, PeerTarget
 from watchdog.findings import FindingSettings, FindingTracker, evaluate
 from watchdog.gateway.jobs import GatewayPoll, SmokeRun
 from watchdog.results import Reason
+from watchdog.shard import Shard
 from watchdog.snapshot import (
     HISTORY,
     Calls,
@@ -63,7 +64,8 @@ class Settings:
 def initial(config: Config, now: float) -> Snapshot:
     """The snapshot before any job ran: the configured gateways, no peers yet."""
     settings = Settings.from_config(config)
-    gateways = {gw.name: _new_gateway(gw.name, gw.admin_url) for gw in config.gateways}
+    gateways = {gw.name: _new_gateway(gw.name, gw.admin_url)
+                for gw in Shard.of(config).gateways(config.gateways)}
     return Snapshot(started=now, taken=now, factor=settings.factor,
                     interval=config.etcd.interval, gateways=frozen_map(gateways))
 
@@ -290,7 +292,7 @@ class Reducer:
         self.wires = wires
         old = self.snapshot.gateways
         gateways = {}
-        for gw in config.gateways:
+        for gw in Shard.of(config).gateways(config.gateways):
             state = old.get(gw.name)
             gateways[gw.name] = (_new_gateway(gw.name, gw.admin_url) if state is None
                                  else replace(state, admin_url=gw.admin_url))

@@ -187,7 +187,7 @@ class Snapshot:
     def ready(self) -> bool:
         """True once every known peer and gateway has been polled at least once."""
         if not self.peers:
-            return False
+            return self.discovered  # a shard may own no peer at all
         return all(p.polled for p in self.peers.values()) and all(
             g.polled for g in self.gateways.values()
         )

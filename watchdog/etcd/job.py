@@ -14,6 +14,7 @@ from watchdog.etcd.peers import PeerPoll, PeerTarget, discover, poll_peer
 from watchdog.etcd.probes import GrpcProber
 from watchdog.etcd.sockets import snapshot_connections
 from watchdog.gateway.status import TRACKED_DIRS
+from watchdog.shard import Shard
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +62,10 @@ class EtcdJob:
     """Polls every known peer; `targets` reads the peers to poll from the latest snapshot."""
 
     def __init__(self, config: EtcdConfig, targets: Callable[[], list[PeerTarget]],
-                 up: Callable[[], list[PeerTarget]], discover_first: bool = False) -> None:
+                 up: Callable[[], list[PeerTarget]], discover_first: bool = False,
+                 shard: Shard | None = None) -> None:
         self.config = config
+        self.shard = shard or Shard()
         self.discover_first = discover_first  # e.g. after a reload: the endpoints may differ
         self.targets = targets
         self.up = up
@@ -82,13 +85,14 @@ class EtcdJob:
         before: Discovery | None = None
         discovery: asyncio.Task[tuple[list[PeerTarget], str]] | None = None
         if not targets or self.discover_first:
-            found, error = await discover(self.config, self.http, targets)
+            found, error = await self._discover(targets)
             before, targets = Discovery(tuple(found), error), found
             self.discover_first = False
         elif self._needs_discovery(targets):
-            discovery = asyncio.create_task(discover(self.config, self.http, targets))
+            discovery = asyncio.create_task(self._discover(targets))
         try:
-            sockets = await asyncio.to_thread(snapshot_connections, True)
+            sockets = (None if self.config.connections == "off"
+                       else await asyncio.to_thread(snapshot_connections, True))
             # A bounded number of peers at a time: a thousand polls started at once would
             # queue on the event loop, and that wait would show as JSON-probe latency.
             slots = asyncio.Semaphore(self.config.max_concurrent_polls)
@@ -107,6 +111,11 @@ class EtcdJob:
             if discovery is not None and not discovery.done():
                 discovery.cancel()
         return EtcdCycle(polls=tuple(polls), before=before, after=after)
+
+    async def _discover(self, known: list[PeerTarget]) -> tuple[list[PeerTarget], str]:
+        """Discovery, narrowed to this shard's peers (every shard reads the whole list)."""
+        found, error = await discover(self.config, self.http, known)
+        return [t for t in found if self.shard.owns_peer(t.url)], error
 
     def _needs_discovery(self, targets: list[PeerTarget]) -> bool:
         """Members are followed with discovery on; without it the list only names the
