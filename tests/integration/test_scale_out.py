@@ -345,3 +345,43 @@ async def test_ha_pair_alerts_once_per_peer_and_dashboards_match_one_replica(
             prom_proc.terminate()
             prom_proc.wait(timeout=15)
         await sim.stop()
+
+
+# --- per-host: an agent beside the member, a central replica for the rest -------------------
+
+def families(text: str) -> set[str]:
+    """Names of the series that have a sample (a family without one is no series)."""
+    return {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][\w:]*)[{ ]", text, re.M)}
+
+
+def test_per_host_agent_and_central_replica_export_no_series_twice(
+    etcd_cluster3: EtcdCluster, write_config: Callable[..., Path],
+    fleet: Callable[..., list[WatchdogProcess]], tmp_path: Path,
+) -> None:
+    member = etcd_cluster3.endpoints[0]  # listens on this host: its connections are countable
+    timing = {"interval": "1s", "timeout": "800ms"}
+    local = write_config({"etcd": {"endpoints": [member], "discover_members": False,
+                                   "connections": "local", **timing},
+                          "state_dir": str(tmp_path / "state-local")}, name="local.yml")
+    central = write_config({"etcd": {"endpoints": etcd_cluster3.endpoints,
+                                     "connections": "off", **timing},
+                            "state_dir": str(tmp_path / "state-central")}, name="central.yml")
+    agent, hub = fleet([(local, {}), (central, {})])
+    agent.wait_ready(timeout=30)
+    hub.wait_ready(timeout=30)
+
+    def both() -> tuple[str, str] | None:
+        a, h = agent.metrics(), hub.metrics()
+        return (a, h) if "watchdog_etcd_client_connections{" in a and \
+            "watchdog_etcd_peer_up{" in h else None
+    a, h = wait_until(both, timeout=20, what="the agent's connections and the hub's polls")
+    target = {f for f in families(a) | families(h)
+              if f.startswith(("watchdog_etcd_", "watchdog_gateway_", "watchdog_finding"))}
+    assert not {f for f in families(a) & families(h) if f in target}, \
+        families(a) & families(h) & target
+    assert "watchdog_etcd_peer_up" not in families(a)
+    assert "watchdog_etcd_client_connections" not in families(h)
+    # The agent names its member as the hub does, so the two join on peer.
+    [peer] = series(a, "watchdog_etcd_client_connections")
+    assert peer in series(h, "watchdog_etcd_peer_up")
+    assert 'watchdog_shard_info{connections="local",count="1",index="0"} 1.0' in a
