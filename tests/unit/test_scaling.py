@@ -1,4 +1,5 @@
-"""The scale-out layouts in deploy/kubernetes/layouts: sharded, HA pair, per-host."""
+"""The scale-out layouts in deploy/layouts (overlays on deploy/kubernetes): sharded, HA pair,
+per-host."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tests.unit.test_shipping import DEPLOY, K8S_VERSIONS, find
 from watchdog.config import config_from_dict
 from watchdog.shard import parse_shard
 
-LAYOUTS = DEPLOY / "layouts"
+LAYOUTS = DEPLOY.parent / "layouts"
 
 
 def docs(path: Path) -> list[dict[str, Any]]:
@@ -37,7 +38,7 @@ def validate(doc: dict[str, Any]) -> None:
 @pytest.mark.parametrize("layout", ["sharded", "ha", "per-host"])
 def test_layout_builds_on_the_base_and_its_files_validate(layout: str) -> None:
     spec = kustomization(layout)
-    assert spec["resources"][0] == "../.."  # the base, never a copy of it
+    assert spec["resources"][0] == "../../kubernetes"  # the base, never a copy of it
     for resource in spec["resources"][1:]:
         path = LAYOUTS / layout / resource
         assert path.is_file(), resource
@@ -47,11 +48,13 @@ def test_layout_builds_on_the_base_and_its_files_validate(layout: str) -> None:
 
 
 def test_sharded_statefulset_is_the_deployment_with_a_shard_per_ordinal() -> None:
-    [sts, service] = docs(LAYOUTS / "sharded" / "statefulset.yaml")
+    [sts] = docs(LAYOUTS / "sharded" / "statefulset.yaml")
     [deployment] = find("Deployment", "watchdog")
-    assert sts["kind"] == "StatefulSet" and service["kind"] == "Service"
-    assert sts["spec"]["serviceName"] == service["metadata"]["name"]
-    assert service["spec"]["clusterIP"] == "None"
+    assert sts["kind"] == "StatefulSet"
+    # The base Service governs it (and is the one scraped): no second Service to scrape twice.
+    [service] = find("Service", sts["spec"]["serviceName"])
+    assert service["spec"]["selector"].items() <= \
+        sts["spec"]["template"]["metadata"]["labels"].items()
     [container] = sts["spec"]["template"]["spec"]["containers"]
     [shard] = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--shard=")]
     index, count = parse_shard(shard)
