@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,17 @@ def test_run_with_a_bad_shard_exits_2(tmp_path: Path) -> None:
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 2, done.stderr
     assert "--shard" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_doctor_looks_at_the_whole_fleet_whatever_the_shard(tmp_path: Path) -> None:
+    # An `auto` index this host name cannot resolve would stop `run` (exit 2); doctor ignores
+    # the shard, so it gets as far as polling (and finds the endpoint down: exit 1).
+    path = tmp_path / "sharded.yml"
+    path.write_text(yaml.safe_dump(base(shard={"index": "auto", "count": 3},
+                                        state_dir=str(tmp_path / "state"))))
+    env = {**os.environ, "HOSTNAME": "no-ordinal-here"}
+    done = subprocess.run([sys.executable, "-m", "watchdog", "doctor", "--config", str(path),
+                           "--duration", "1s", "--output", "json"], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL, env=env)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode in (0, 1), done.stderr
