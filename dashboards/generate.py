@@ -12,7 +12,10 @@ replacing `$__rate_interval` with `1m` and `$instance` / `$peer` / `$gateway` wi
 - select series only through the P, G and W selectors below (`instance=~"$instance"` plus
   `peer=~"$peer"` or `gateway=~"$gateway"`);
 - no other Grafana variables inside expressions;
-- only metric names from docs/metrics.md (plus the histograms' _bucket/_sum/_count).
+- only metric names from docs/metrics.md (plus the histograms' _bucket/_sum/_count);
+- replicas (an HA pair of one shard) must not double-count: take one value per peer or
+  gateway (`max without (instance, pod)`, `max by (peer)`), never a sum over instances;
+  latency quantiles pool the replicas' buckets (docs/scaling.md).
 
 Every panel has a unit and a description that ends with what to do, linking the runbook
 section (docs/runbook.md) that covers it.
@@ -44,6 +47,7 @@ W = 'instance=~"$instance"'  # the watchdog instance: one per etcd cluster it wa
 P = f'{W},peer=~"$peer"'
 G = f'{W},gateway=~"$gateway"'
 RI = "$__rate_interval"
+ONE = "max without (instance, pod)"  # one value per peer or gateway, however many replicas
 RUNBOOK = "https://github.com/watchdog-project/watchdog/blob/main/docs/runbook.md"
 Panel = tsb.Panel | sb.Panel | tb.Panel
 
@@ -247,7 +251,7 @@ def fleet() -> dm.Dashboard:
         "are none). What to do: open watchdog's status page or `GET /api/v1/findings` for the "
         "cause and fix of each, and start with the critical ones. "
         + runbook("toolbox", "Runbook: toolbox"),
-        [target(f"count by (severity) (watchdog_finding{{{W}}}) or vector(0)", "{{severity}}",
+        [target(f"count by (severity) ({ONE} (watchdog_finding{{{W}}})) or vector(0)", "{{severity}}",
                 instant=True)],
         unit="short",
         steps=thresholds(("green", None), ("orange", 1)),
@@ -257,8 +261,8 @@ def fleet() -> dm.Dashboard:
         "Peers whose /metrics watchdog read on the last poll, of all peers it knows. What to "
         "do when up < known: find the member that is down and restore it before another "
         "one fails. " + runbook("etcdpeerdown"),
-        [target(f"sum(watchdog_etcd_peer_up{{{P}}})", "up"),
-         target(f"count(watchdog_etcd_peer_up{{{P}}})", "known")],
+        [target(f"sum({ONE} (watchdog_etcd_peer_up{{{P}}}))", "up"),
+         target(f"count({ONE} (watchdog_etcd_peer_up{{{P}}}))", "known")],
         unit="short",
     ), 4, 5)
     b.add(stat(
@@ -273,7 +277,7 @@ def fleet() -> dm.Dashboard:
         "Peers without a leader",
         "Members that see no raft leader: they fail every request. What to do above 0: check "
         "the network between that member and the others. " + runbook("etcdmembernoleader"),
-        [target(f"count(watchdog_etcd_peer_has_leader{{{P}}} == 0) or vector(0)", "no leader")],
+        [target(f"count({ONE} (watchdog_etcd_peer_has_leader{{{P}}}) == 0) or vector(0)", "no leader")],
         unit="short",
         steps=thresholds(("green", None), ("red", 1)),
     ), 3, 5)
@@ -292,8 +296,8 @@ def fleet() -> dm.Dashboard:
         "Gateways whose last smoke probe (canary route) passed, of all gateways. What to do "
         "when synced < gateways: see the gateways dashboard and "
         + runbook("gatewayinitsyncfailed"),
-        [target(f"sum(watchdog_gateway_smoke_success{{{G}}})", "synced"),
-         target(f"count(watchdog_gateway_smoke_success{{{G}}})", "gateways")],
+        [target(f"sum({ONE} (watchdog_gateway_smoke_success{{{G}}}))", "synced"),
+         target(f"count({ONE} (watchdog_gateway_smoke_success{{{G}}}))", "gateways")],
         unit="short",
     ), 4, 5)
     b.add(table(
@@ -311,7 +315,7 @@ def fleet() -> dm.Dashboard:
         "250-stream HTTP/2 connection (etcd < 3.4.20 / 3.5.5 with TLS). What to do with an "
         "exposed peer: plan the upgrade. "
         + runbook("the-250-stream-limit-and-the-fixes-by-version", "Runbook: the fixes by version"),
-        [target(f"watchdog_etcd_peer_info{{{P}}}", instant=True, table=True)],
+        [target(f"{ONE} (watchdog_etcd_peer_info{{{P}}})", instant=True, table=True)],
         unit="none",
     ), 12, 6)
 
@@ -323,10 +327,10 @@ def fleet() -> dm.Dashboard:
         "streams cross the trip line: find the client that leaks watches. "
         + runbook("etcdwatchconnectionstripwire"),
         [
-            target(f"watchdog_etcd_watch_streams{{{P}}}", "{{peer}} streams"),
-            target(f"watchdog_etcd_watch_streams_steady_state{{{P}}}", "{{peer}} steady state"),
-            target(f"2 * watchdog_etcd_watch_streams_steady_state{{{P}}}", "{{peer}} trip at 2x"),
-            target(f"watchdog_etcd_expected_watch_streams{{{P}}}", "{{peer}} expected"),
+            target(f"{ONE} (watchdog_etcd_watch_streams{{{P}}})", "{{peer}} streams"),
+            target(f"{ONE} (watchdog_etcd_watch_streams_steady_state{{{P}}})", "{{peer}} steady state"),
+            target(f"2 * {ONE} (watchdog_etcd_watch_streams_steady_state{{{P}}})", "{{peer}} trip at 2x"),
+            target(f"{ONE} (watchdog_etcd_expected_watch_streams{{{P}}})", "{{peer}} expected"),
         ],
         unit="short",
         min_=0,
@@ -338,7 +342,7 @@ def fleet() -> dm.Dashboard:
         "Current watch streams divided by the learned steady state. The wire trips above "
         "the factor (2 by default) and clears below 1.5 after the hold time. What to do "
         "above 2: " + runbook("etcdwatchconnectionstripwire", "runbook"),
-        [target(f"watchdog_etcd_watch_streams_ratio{{{P}}}", "{{peer}}")],
+        [target(f"{ONE} (watchdog_etcd_watch_streams_ratio{{{P}}})", "{{peer}}")],
         unit="suffix:×",
         min_=0,
         steps=thresholds(("green", None), ("yellow", 1.5), ("red", 2)),
@@ -373,7 +377,7 @@ def fleet() -> dm.Dashboard:
         "EtcdWatchStreamsNearLimit fires at 50. What to do below 50: restart the gateway node "
         "that holds the most connections, then fix the version. "
         + runbook("etcdwatchstreamsnearlimit"),
-        [target(f"watchdog_etcd_stream_limit_headroom{{{P}}}", "{{peer}}")],
+        [target(f"{ONE} (watchdog_etcd_stream_limit_headroom{{{P}}})", "{{peer}}")],
         unit="short",
         min_=0,
         steps=thresholds(("red", None), ("yellow", 50), ("green", 100)),
@@ -385,11 +389,11 @@ def fleet() -> dm.Dashboard:
         "means clients open connections they do not use. What to do then: find the remote "
         "that holds them. " + runbook("etcdwatchconnectionstripwire"),
         [
-            target(f"watchdog_etcd_client_connections{{{P}}}", "{{peer}} connections"),
-            target(f"watchdog_etcd_client_connections_steady_state{{{P}}}",
+            target(f"{ONE} (watchdog_etcd_client_connections{{{P}}})", "{{peer}} connections"),
+            target(f"{ONE} (watchdog_etcd_client_connections_steady_state{{{P}}})",
                    "{{peer}} connections steady state"),
-            target(f"watchdog_etcd_watch_streams{{{P}}}", "{{peer}} streams"),
-            target(f"watchdog_etcd_connections_without_stream{{{P}}}",
+            target(f"{ONE} (watchdog_etcd_watch_streams{{{P}}})", "{{peer}} streams"),
+            target(f"{ONE} (watchdog_etcd_connections_without_stream{{{P}}})",
                    "{{peer}} connections without a stream"),
         ],
         unit="short",
@@ -400,7 +404,7 @@ def fleet() -> dm.Dashboard:
         "Who holds the connections: the biggest remote is the first suspect of a leak. What "
         "to do: restart that gateway node once the others are healthy. "
         + runbook("etcdwatchconnectionstripwire"),
-        [target(f"topk(10, watchdog_etcd_client_connections_by_remote{{{P}}})",
+        [target(f"topk(10, {ONE} (watchdog_etcd_client_connections_by_remote{{{P}}}))",
                 "{{peer}} <- {{remote}}")],
         unit="short",
         min_=0,
@@ -411,9 +415,9 @@ def fleet() -> dm.Dashboard:
         "watchers that never drop to 0 mean the watch system is overloaded. What to do: "
         + runbook("etcdslowwatchers"),
         [
-            target(f"watchdog_etcd_watchers{{{P}}}", "{{peer}} watchers"),
-            target(f"watchdog_etcd_slow_watchers{{{P}}}", "{{peer}} slow watchers"),
-            target(f"watchdog_etcd_grpc_watch_streams_open{{{P}}}", "{{peer}} gRPC watch streams"),
+            target(f"{ONE} (watchdog_etcd_watchers{{{P}}})", "{{peer}} watchers"),
+            target(f"{ONE} (watchdog_etcd_slow_watchers{{{P}}})", "{{peer}} slow watchers"),
+            target(f"{ONE} (watchdog_etcd_grpc_watch_streams_open{{{P}}})", "{{peer}} gRPC watch streams"),
         ],
         unit="short",
         min_=0,
@@ -443,7 +447,8 @@ def fleet() -> dm.Dashboard:
         "timeouts on json only point at the stream limit, refused at a member that is down, "
         "tls/auth at certificates or credentials. " + runbook("etcdpeerprobesfailing"),
         [target(
-            f"sum by (peer, api, reason) (rate(watchdog_etcd_probe_failures_total{{{P}}}[{RI}]))",
+            "max by (peer, api, reason) (sum without (op) "
+            f"(rate(watchdog_etcd_probe_failures_total{{{P}}}[{RI}])))",
             "{{peer}} {{api}} {{reason}}",
         )],
         unit="ops",
@@ -476,8 +481,8 @@ def fleet() -> dm.Dashboard:
         "quota etcd raises NOSPACE and refuses writes. What to do near it: compact and "
         "defragment. " + runbook("etcddatabasequotalowspace"),
         [
-            target(f"watchdog_etcd_db_size_bytes{{{P}}}", "{{peer}} allocated"),
-            target(f"watchdog_etcd_db_size_in_use_bytes{{{P}}}", "{{peer}} in use"),
+            target(f"{ONE} (watchdog_etcd_db_size_bytes{{{P}}})", "{{peer}} allocated"),
+            target(f"{ONE} (watchdog_etcd_db_size_in_use_bytes{{{P}}})", "{{peer}} in use"),
             target(f"max(watchdog_etcd_db_quota_bytes{{{P}}})", "quota"),
         ],
         unit="bytes",
@@ -505,8 +510,8 @@ def fleet() -> dm.Dashboard:
         "to do near the limit: find the leaking client, raise the limit. "
         + runbook("etcdfiledescriptorshigh"),
         [
-            target(f"watchdog_etcd_open_fds{{{P}}}", "{{peer}} open"),
-            target(f"watchdog_etcd_max_fds{{{P}}}", "{{peer}} limit"),
+            target(f"{ONE} (watchdog_etcd_open_fds{{{P}}})", "{{peer}} open"),
+            target(f"{ONE} (watchdog_etcd_max_fds{{{P}}})", "{{peer}} limit"),
         ],
         unit="short",
         min_=0,
@@ -544,7 +549,7 @@ def fleet() -> dm.Dashboard:
         "Peer poll duration (last poll)",
         "Wall time of the last poll of each peer's /metrics. What to do when it nears the "
         "timeout: check the peer's load and the network to it. " + runbook("etcdpeerdown"),
-        [target(f"watchdog_etcd_poll_duration_seconds{{{P}}}", "{{peer}}")],
+        [target(f"{ONE} (watchdog_etcd_poll_duration_seconds{{{P}}})", "{{peer}}")],
         unit="s",
         min_=0,
     ), 8)
@@ -597,7 +602,8 @@ def gateways() -> dm.Dashboard:
         "auth means the admin key changed, timeouts point at etcd behind the gateway. "
         + runbook("gatewayadminfailing"),
         [target(
-            f"sum by (gateway, reason) (rate(watchdog_gateway_admin_failures_total{{{G}}}[{RI}]))",
+            "max by (gateway, reason) (sum without (call) "
+            f"(rate(watchdog_gateway_admin_failures_total{{{G}}}[{RI}])))",
             "{{gateway}} {{reason}}",
         )],
         unit="ops",
@@ -637,7 +643,7 @@ def gateways() -> dm.Dashboard:
         "Last canary propagation time, from the admin write to the first served request. "
         "What to do when it grows: the gateway's watch on etcd lags, see "
         + runbook("gatewayconfiglag"),
-        [target(f"watchdog_gateway_sync_seconds{{{G}}}", "{{gateway}}")],
+        [target(f"{ONE} (watchdog_gateway_sync_seconds{{{G}}})", "{{gateway}}")],
         unit="s",
         min_=0,
     ), 8)
@@ -646,7 +652,7 @@ def gateways() -> dm.Dashboard:
         "etcd revision minus the newest revision the gateway reports. Writes to keys APISIX "
         "does not load also count, so a constant small lag is normal; GatewayConfigLag "
         "fires above 100 for 15 minutes. What to do then: " + runbook("gatewayconfiglag"),
-        [target(f"watchdog_gateway_config_lag_revisions{{{G}}}", "{{gateway}}")],
+        [target(f"{ONE} (watchdog_gateway_config_lag_revisions{{{G}}})", "{{gateway}}")],
         unit="short",
         min_=0,
         steps=thresholds(("green", None), ("red", 100)),
@@ -664,7 +670,7 @@ def gateways() -> dm.Dashboard:
         "Failed smoke probes in the last hour. What to do: the reason says where the canary "
         "got stuck (write, propagation, delete). " + runbook("gatewayinitsyncfailed"),
         [target(
-            f"sum by (gateway, reason) (increase(watchdog_gateway_smoke_failures_total{{{G}}}[1h]))",
+            f"max by (gateway, reason) (increase(watchdog_gateway_smoke_failures_total{{{G}}}[1h]))",
             "{{gateway}} {{reason}}",
         )],
         unit="short",
@@ -689,7 +695,7 @@ def gateways() -> dm.Dashboard:
         "1 when /status/ready answers 200 (APISIX >= 3.13 with the status API): every "
         "worker has loaded its config at least once. What to do at 0: "
         + runbook("gatewaynotready"),
-        [target(f"watchdog_gateway_ready{{{G}}}", "{{gateway}}")],
+        [target(f"{ONE} (watchdog_gateway_ready{{{G}}})", "{{gateway}}")],
         unit="bool_yes_no",
         min_=0,
     ), 12)
@@ -697,7 +703,7 @@ def gateways() -> dm.Dashboard:
         "etcd reachable (as the gateway reports it)",
         "apisix_etcd_reachable from the gateway's Prometheus endpoint. What to do at 0: "
         + runbook("gatewayetcdunreachable"),
-        [target(f"watchdog_gateway_etcd_reachable{{{G}}}", "{{gateway}}")],
+        [target(f"{ONE} (watchdog_gateway_etcd_reachable{{{G}}})", "{{gateway}}")],
         unit="bool_yes_no",
         min_=0,
     ), 12)
@@ -719,7 +725,7 @@ def gateways() -> dm.Dashboard:
         "Watch streams per peer",
         "Watch streams open on each peer (each APISIX worker holds one on APISIX >= 3.4). "
         "What to do near 250 on an exposed peer: " + runbook("etcdwatchstreamsnearlimit"),
-        [target(f"watchdog_etcd_watch_streams{{{P}}}", "{{peer}}")],
+        [target(f"{ONE} (watchdog_etcd_watch_streams{{{P}}})", "{{peer}}")],
         unit="short",
         min_=0,
     ), 12)

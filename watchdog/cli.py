@@ -192,10 +192,15 @@ def _check_config_path(ctx: click.Context, file: Path | None, flag: Path | None)
 @click.option("--web.read-header-timeout", "read_header_timeout", type=Duration(),
               default=None,
               help="A client must send a complete request head within this long (default 10s).")
+@click.option("--shard", "shard", default=None, metavar="INDEX/COUNT",
+              envvar="WATCHDOG_SHARD", show_envvar=True,
+              help="Poll only this share of the peers and gateways, e.g. 0/3; auto/3 takes "
+                   "the index from the host name's -N suffix (a StatefulSet pod). Overrides "
+                   "the config's shard section; see docs/scaling.md.")
 @with_logging
 def run(config_file: Path, listen: tuple[str, ...], telemetry_path: str,
         web_config_file: Path | None, max_connections: int | None,
-        read_header_timeout: float | None,
+        read_header_timeout: float | None, shard: str | None,
         log_level: str, log_format: str) -> None:
     """Run the daemon until SIGTERM or SIGINT (then exit 0 after a clean shutdown).
 
@@ -211,7 +216,16 @@ def run(config_file: Path, listen: tuple[str, ...], telemetry_path: str,
 
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reload handler is in place
     setup_logging(log_level, log_format)
-    config = load_or_exit(config_file)
+    from watchdog.shard import Shard, apply_shard
+
+    def load_sharded() -> Config:
+        return apply_shard(load_config(config_file), shard)
+
+    try:
+        config = load_sharded()
+    except ConfigError as err:
+        fail_config(err)
+        return
     from watchdog.redact import Redactor, install
 
     install(Redactor.from_config(config))  # no configured secret reaches a log line
@@ -234,16 +248,16 @@ def run(config_file: Path, listen: tuple[str, ...], telemetry_path: str,
             sys.exit(EXIT_CONFIG)
     log = logging.getLogger("watchdog")
     log.info("starting watchdog version=%s config=%s listen=%s endpoints=%d gateways=%d "
-             "discover_members=%s", __version__, config_file, ",".join(addresses),
+             "discover_members=%s shard=%s", __version__, config_file, ",".join(addresses),
              len(config.etcd.endpoints), len(config.gateways),
-             str(config.etcd.discover_members).lower())
+             str(config.etcd.discover_members).lower(), Shard.of(config))
     raise_nofile_limit()
     limits = ServerLimits(
         max_connections=max_connections or ServerLimits.max_connections,
         read_header_timeout=read_header_timeout or ServerLimits.read_header_timeout)
     try:
         asyncio.run(serve(config, addresses, web_config=web_config,
-                          load=lambda: load_config(config_file), limits=limits,
+                          load=load_sharded, limits=limits,
                           telemetry_path=telemetry_path))
     except OSError as err:
         log.error("cannot serve addresses=%s error=%r", ",".join(addresses), str(err))
@@ -478,7 +492,8 @@ def doctor(config_file: Path, duration: str, output: str, smoke: bool, log_level
         raise click.BadParameter(f"must be > 0 and at most 1h, got {duration}",
                                  param_hint="--duration")
     setup_logging(log_level if log_level != "info" else "warning", log_format)
-    config = load_or_exit(config_file)
+    # One look at the whole fleet, whatever share a `shard:` section gives the daemon.
+    config = load_or_exit(config_file).model_copy(update={"shard": None})
     if smoke and not any(gw.data_url for gw in config.gateways):
         raise click.UsageError("--smoke needs at least one gateway with a data_url")
     report = asyncio.run(diagnose(config, seconds, smoke))

@@ -427,6 +427,9 @@ class EtcdConfig(Model):
     max_concurrent_streams: int | None = Field(default=None, ge=1)
     max_concurrent_streams_overrides: dict[str, Annotated[int, Field(ge=1)]] = Field(
         default_factory=dict)
+    # Client connections: auto counts them for every peer listening on this host; off never
+    # (a central replica); local is a per-host agent that exports only them (docs/scaling.md).
+    connections: Literal["auto", "off", "local"] = "auto"
 
     @field_validator("endpoints")
     @classmethod
@@ -514,6 +517,20 @@ def _check_listen(value: str) -> str:
 ListenAddress = Annotated[str, BeforeValidator(_check_listen)]
 
 
+class ShardConfig(Model):
+    """This replica's share of the fleet (docs/scaling.md); `--shard` overrides it."""
+
+    index: int | Literal["auto"] = 0
+    count: int = Field(default=1, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _index_below_count(self) -> Self:
+        if self.index != "auto" and not 0 <= int(self.index) < self.count:
+            raise KeyedError([("index", f"must be 0 <= index < count ({self.count}), "
+                                        f"not {self.index}")])
+        return self
+
+
 class WebConfig(Model):
     listen_address: ListenAddress = DEFAULT_LISTEN
 
@@ -525,6 +542,7 @@ class Config(Model):
     smoke: SmokeConfig = SmokeConfig()
     state_dir: StateDir = Field(default=Path("/var/lib/watchdog"), validate_default=True)
     web: WebConfig = WebConfig()
+    shard: ShardConfig | None = None
     _warnings: list[tuple[str, str]] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="before")
@@ -536,6 +554,20 @@ class Config(Model):
     @classmethod
     def _cap(cls, gateways: list[GatewayConfig]) -> list[GatewayConfig]:
         return _capped(gateways, MAX_GATEWAYS, "gateways")
+
+    @model_validator(mode="after")
+    def _local_agent(self) -> Self:
+        if self.etcd.connections == "local":
+            problems = []
+            if self.etcd.discover_members:
+                problems.append(("etcd.discover_members", "must be false with "
+                                 "etcd.connections: local (the agent polls its own member)"))
+            if self.gateways:
+                problems.append(("gateways", "must be empty with etcd.connections: local "
+                                 "(the central replica probes gateways)"))
+            if problems:
+                raise KeyedError(problems)
+        return self
 
     @property
     def warnings(self) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from watchdog.metrics import SnapshotCollector, make_registry
 from watchdog.reducer import Reducer
 from watchdog.render import Renderer
 from watchdog.scheduler import Job, run_every
+from watchdog.shard import OnlyExported, Shard, ShardInfo
 from watchdog.snapshot import Snapshot
 from watchdog.state import StateError, StateStore
 from watchdog.tripwire import TripwireBank, TripwireSettings, saved_state_problem
@@ -53,9 +54,10 @@ class Daemon:
         self.tripwire = make_tripwire(config, clock)
         self.reducer = Reducer(config, self.tripwire, clock)
         self.registry, self.metrics = make_registry(registry)
-        self.renderer = Renderer(self.registry,
-                                 [SnapshotCollector(self.snapshot), self.metrics.tasks],
+        self.exported = OnlyExported(SnapshotCollector(self.snapshot), config.etcd.connections)
+        self.renderer = Renderer(self.registry, [self.exported, self.metrics.tasks],
                                  self.snapshot, config.etcd.interval, self.metrics.renders.inc)
+        self.registry.register(ShardInfo(lambda: self.config))
         self.state = StateStore(Path(config.state_dir), validate=saved_state_problem)
         self.etcd = self._etcd_job()
         self.gateways: object | None = None
@@ -66,7 +68,7 @@ class Daemon:
         return EtcdJob(
             self.config.etcd, targets=lambda: snapshot().targets,
             up=lambda: snapshot().json_healthy(),
-            discover_first=discover_first,
+            discover_first=discover_first, shard=Shard.of(self.config),
         )
 
     def snapshot(self) -> Snapshot:

@@ -93,10 +93,14 @@ def evaluate(snap: Snapshot, now: float, settings: FindingSettings | None = None
     s = settings or FindingSettings()
     out: list[Candidate] = []
     peers = sorted(snap.peers.values(), key=lambda p: p.name)
-    out += _cluster(peers, now)
+    # A shard holds a share of the members: quorum and the fleet's fan-out are judged only
+    # where the whole cluster is in view (the alerts see every shard's series together).
+    whole = snap.members <= len(peers)
+    out += _cluster(peers, now, whole)
     for peer in peers:
         out += _peer(peer, now, s)
-    out += _fanout(peers, now, s)
+    if whole:
+        out += _fanout(peers, now, s)
     etcd_json = _etcd_json(peers)
     for gw in sorted(snap.gateways.values(), key=lambda g: g.name):
         out += _gateway(gw, now, s, etcd_json)
@@ -116,7 +120,7 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
-def _cluster(peers: list[PeerState], now: float) -> Iterator[Candidate]:
+def _cluster(peers: list[PeerState], now: float, whole: bool = True) -> Iterator[Candidate]:
     polled = [p for p in peers if p.polled]
     if not polled:
         return
@@ -124,7 +128,7 @@ def _cluster(peers: list[PeerState], now: float) -> Iterator[Candidate]:
     n, quorum = len(polled), len(polled) // 2 + 1
     ev = tuple(Evidence(f"peer {p.name}", "up" if p.up else f"down ({p.poll_reason})",
                         _age(now, p.last_poll)) for p in polled)
-    if len(up) < quorum:
+    if whole and len(up) < quorum:
         yield Candidate(
             "quorum_lost", Severity.CRITICAL, "cluster", "etcd",
             f"etcd has lost quorum: {len(up)} of {n} members up, {quorum} needed",
@@ -132,7 +136,7 @@ def _cluster(peers: list[PeerState], now: float) -> Iterator[Candidate]:
             "bring members back (systemctl start etcd / restart the pods); check disks and the "
             "network between members; do not remove members while quorum is lost",
             "etcdinsufficientmembers")
-    elif n > 1 and len(up) == quorum and len(up) < n:
+    elif whole and n > 1 and len(up) == quorum and len(up) < n:
         yield Candidate(
             "quorum_at_risk", Severity.WARNING, "cluster", "etcd",
             f"quorum at risk: {len(up)} of {n} members up, one more failure stops etcd",

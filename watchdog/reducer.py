@@ -19,6 +19,7 @@ from watchdog.etcd.peers import PeerPoll, PeerTarget
 from watchdog.findings import FindingSettings, FindingTracker, evaluate
 from watchdog.gateway.jobs import GatewayPoll, SmokeRun
 from watchdog.results import Reason
+from watchdog.shard import Shard
 from watchdog.snapshot import (
     HISTORY,
     Calls,
@@ -63,7 +64,8 @@ class Settings:
 def initial(config: Config, now: float) -> Snapshot:
     """The snapshot before any job ran: the configured gateways, no peers yet."""
     settings = Settings.from_config(config)
-    gateways = {gw.name: _new_gateway(gw.name, gw.admin_url) for gw in config.gateways}
+    gateways = {gw.name: _new_gateway(gw.name, gw.admin_url)
+                for gw in Shard.of(config).gateways(config.gateways)}
     return Snapshot(started=now, taken=now, factor=settings.factor,
                     interval=config.etcd.interval, gateways=frozen_map(gateways))
 
@@ -116,7 +118,7 @@ def apply_discovery(prev: Snapshot, found: Discovery, wires: TripwireBank,
         else:
             peers[name] = old
     return replace(prev, peers=frozen_map(peers), discovery_error=found.error,
-                   discovered=True, names=frozen_map(names))
+                   discovered=True, names=frozen_map(names), members=found.members)
 
 
 def apply_polls(prev: Snapshot, polls: Iterable[PeerPoll], now: float, wires: TripwireBank,
@@ -139,7 +141,7 @@ def apply_polls(prev: Snapshot, polls: Iterable[PeerPoll], now: float, wires: Tr
     peers = dict(prev.peers)
     for name, poll in named:
         peers[name] = _polled_peer(peers[name], poll, cycle, now, wires)
-    for name, streams in expected_streams(polls, settings.fanout).items():
+    for name, streams in expected_streams(polls, settings.fanout, prev.members).items():
         if name in peers:
             peers[name] = replace(peers[name], expected_streams=streams)
     return replace(prev, cycle=cycle, taken=now, peers=frozen_map(peers))
@@ -189,13 +191,16 @@ def _polled_peer(old: PeerState, poll: PeerPoll, cycle: int, now: float,
     )
 
 
-def expected_streams(polls: list[PeerPoll], fanout: Iterable[FanoutEntry]) -> dict[str, float]:
+def expected_streams(polls: list[PeerPoll], fanout: Iterable[FanoutEntry],
+                     members: int = 0) -> dict[str, float]:
     """Expected watch streams per peer from the gateway inventory.
 
     A gateway pinned to an etcd endpoint counts fully on that peer; the others are
-    spread evenly over the peers that are up (an estimate: clients pick endpoints)."""
+    spread evenly over the peers that are up (an estimate: clients pick endpoints). A shard
+    sees only its share of the members, so it spreads over all `members` of the cluster."""
     by_url = {p.target.url: p.target.name for p in polls}
     up = [p.target.name for p in polls if p.up] or [p.target.name for p in polls]
+    spread = members if members > len(polls) else len(up)
     expected: dict[str, float] = {}
     known = False
     for gw in fanout:
@@ -207,7 +212,7 @@ def expected_streams(polls: list[PeerPoll], fanout: Iterable[FanoutEntry]) -> di
             expected[pinned] = expected.get(pinned, 0.0) + gw.streams
         else:
             for name in up:
-                expected[name] = expected.get(name, 0.0) + gw.streams / len(up)
+                expected[name] = expected.get(name, 0.0) + gw.streams / spread
     if known:
         for p in polls:
             expected.setdefault(p.target.name, 0.0)
@@ -296,7 +301,7 @@ class Reducer:
         self.wires = wires
         old = self.snapshot.gateways
         gateways = {}
-        for gw in config.gateways:
+        for gw in Shard.of(config).gateways(config.gateways):
             state = old.get(gw.name)
             gateways[gw.name] = (_new_gateway(gw.name, gw.admin_url) if state is None
                                  else replace(state, admin_url=gw.admin_url))

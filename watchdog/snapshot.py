@@ -165,6 +165,9 @@ class Snapshot:
     gateways: Mapping[str, GatewayState] = field(default_factory=frozen_map)
     discovery_error: str = ""
     discovered: bool = False  # the member list was read (or given up on) at least once
+    # Members in the whole cluster as the last discovery counted them, this shard's share
+    # or not (0: unknown); a shard spreads unpinned fan-out over all of them, not its own.
+    members: int = 0
     # Client URL -> member name, as the member list said (saved with the learned state), so
     # a peer that is down when watchdog starts keeps its member name, not its URL.
     names: Mapping[str, str] = field(default_factory=frozen_map)
@@ -186,7 +189,7 @@ class Snapshot:
     def ready(self) -> bool:
         """True once every known peer and gateway has been polled at least once."""
         if not self.peers:
-            return False
+            return self.discovered  # a shard may own no peer at all
         return all(p.polled for p in self.peers.values()) and all(
             g.polled for g in self.gateways.values()
         )

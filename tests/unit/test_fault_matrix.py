@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faultmatrix import DOC, REPO, MarkerError, collect, collect_file, committed_table, \
-    render, unproven
+from tests.faultmatrix import DOC, REPO, MarkerError, collect, collect_file, committed_table, render, unproven
 
 
 def test_the_committed_matrix_matches_the_markers() -> None:

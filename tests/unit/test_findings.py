@@ -241,6 +241,16 @@ def test_peer_down_and_quorum() -> None:
                                      Severity.CRITICAL)
 
 
+
+def test_a_shard_with_part_of_the_cluster_does_not_judge_quorum() -> None:
+    # This shard holds etcd-0 of three members; its peer down is its own finding, but
+    # quorum is the whole cluster's and the other shards see the rest.
+    part = replace(snap([peer("etcd-0", up=False)]), members=3)
+    found = {c.kind for c in evaluate(part, NOW, SETTINGS)}
+    assert "peer_down" in found and not found & {"quorum_lost", "quorum_at_risk"}
+    whole = replace(snap([peer("etcd-0", up=False)]), members=1)
+    assert "quorum_lost" in {c.kind for c in evaluate(whole, NOW, SETTINGS)}
+
 def test_db_quota_and_fsync() -> None:
     mib = 2.0**20
     full = peer(metrics=metrics(db_size=15.5 * mib, quota_bytes=16 * mib))

@@ -278,6 +278,21 @@ def test_expected_streams_pinned_and_spread(page: PeerMetrics) -> None:
     assert snap.peers["etcd-0"].expected_streams == 2.0  # gw-1: 2 workers, modern sync
 
 
+def test_a_shard_spreads_unpinned_fanout_over_the_whole_cluster(page: PeerMetrics) -> None:
+    from watchdog.reducer import FanoutEntry
+
+    # One shard of three holds etcd-0 alone; the gateway's 9 streams go to 3 members, so
+    # this shard expects 3 on its peer, not all 9.
+    fanout = [FanoutEntry("gw-1", 9, None)]
+    assert expected_streams([up_poll(A, page)], fanout, members=3) == {"etcd-0": 3.0}
+    assert expected_streams([up_poll(A, page)], fanout) == {"etcd-0": 9.0}
+    reducer, _, _ = make_reducer()
+    _, snap = reducer.apply(EtcdCycle(polls=(up_poll(A, page),),
+                                      before=Discovery((A,), members=2)))
+    assert snap.members == 2
+    assert snap.peers["etcd-0"].expected_streams == 1.0  # gw-1's 2 streams over 2 members
+
+
 def test_snapshot_defaults_are_empty() -> None:
     snap = Snapshot()
     assert (snap.cycle, dict(snap.peers), snap.targets, snap.ready()) == (0, {}, [], False)

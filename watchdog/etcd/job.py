@@ -14,6 +14,7 @@ from watchdog.etcd.peers import PeerPoll, PeerTarget, discover, poll_peer
 from watchdog.etcd.probes import GrpcProber
 from watchdog.etcd.sockets import snapshot_connections
 from watchdog.gateway.status import TRACKED_DIRS
+from watchdog.shard import Shard
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,7 @@ class Discovery:
     targets: tuple[PeerTarget, ...]
     error: str = ""
     cluster_id: str = ""  # of the cluster that answered the member list (hex); "" unknown
+    members: int = 0  # in the whole cluster, before the shard's share was taken; 0 unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +64,10 @@ class EtcdJob:
     """Polls every known peer; `targets` reads the peers to poll from the latest snapshot."""
 
     def __init__(self, config: EtcdConfig, targets: Callable[[], list[PeerTarget]],
-                 up: Callable[[], list[PeerTarget]], discover_first: bool = False) -> None:
+                 up: Callable[[], list[PeerTarget]], discover_first: bool = False,
+                 shard: Shard | None = None) -> None:
         self.config = config
+        self.shard = shard or Shard()
         self.discover_first = discover_first  # e.g. after a reload: the endpoints may differ
         self.targets = targets
         self.up = up
@@ -81,15 +85,16 @@ class EtcdJob:
         not two."""
         targets = self.targets()
         before: Discovery | None = None
-        discovery: asyncio.Task[tuple[list[PeerTarget], str, str]] | None = None
+        discovery: asyncio.Task[Discovery] | None = None
         if not targets or self.discover_first:
-            found, error, cluster = await discover(self.config, self.http, targets)
-            before, targets = Discovery(tuple(found), error, cluster), found
+            before = await self._discover(targets)
+            targets = list(before.targets)
             self.discover_first = False
         elif self._needs_discovery(targets):
-            discovery = asyncio.create_task(discover(self.config, self.http, targets))
+            discovery = asyncio.create_task(self._discover(targets))
         try:
-            sockets = await asyncio.to_thread(snapshot_connections, True)
+            sockets = (None if self.config.connections == "off"
+                       else await asyncio.to_thread(snapshot_connections, True))
             # A bounded number of peers at a time: a thousand polls started at once would
             # queue on the event loop, and that wait would show as JSON-probe latency.
             slots = asyncio.Semaphore(self.config.max_concurrent_polls)
@@ -102,12 +107,17 @@ class EtcdJob:
             polls = await asyncio.gather(*(poll_one(t) for t in targets))
             after = None
             if discovery is not None:
-                found, error, cluster = await discovery
-                after = Discovery(tuple(found), error, cluster)
+                after = await discovery
         finally:
             if discovery is not None and not discovery.done():
                 discovery.cancel()
         return EtcdCycle(polls=tuple(polls), before=before, after=after)
+
+    async def _discover(self, known: list[PeerTarget]) -> Discovery:
+        """Discovery, narrowed to this shard's peers (every shard reads the whole list)."""
+        found, error, cluster = await discover(self.config, self.http, known)
+        owned = tuple(t for t in found if self.shard.owns_peer(t.url))
+        return Discovery(owned, error, cluster, members=len(found))
 
     def _needs_discovery(self, targets: list[PeerTarget]) -> bool:
         """Members are followed with discovery on; without it the list only names the

@@ -18,6 +18,7 @@ from watchdog.gateway.status import GatewayMetrics, config_lag, read_ready, scra
 from watchdog.httpprobe import make_session
 from watchdog.results import ProbeResult
 from watchdog.scheduler import Job
+from watchdog.shard import Shard
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class GatewayJobs:
     def jobs(self) -> list[Job]:
         jobs: list[Job] = []
         etcd = self.config.etcd
-        for gw in self.config.gateways:
+        for gw in Shard.of(self.config).gateways(self.config.gateways):
             interval = gw.interval or etcd.interval
             timeout = gw.timeout or etcd.timeout
             jobs.append(Job(f"gateway:{gw.name}", interval, timeout * 2 + 1.0,
