@@ -468,11 +468,13 @@ class GatewayConfig(Model):
         return self._admin_key
 
     def expected_streams(self) -> int | None:
-        """Watch streams this gateway should hold on etcd, when its workers are known."""
+        """Watch streams this gateway should hold on etcd, when its workers are known: one
+        per config-syncing Lua VM (every worker and the privileged agent), times the watched
+        prefixes before APISIX 3.4 (docs/configuration.md, "Expected fan-out")."""
         if self.workers is None:
             return None
-        per_worker = self.watched_prefixes if self.sync_mode == "legacy" else 1
-        return self.workers * per_worker
+        per_process = self.watched_prefixes if self.sync_mode == "legacy" else 1
+        return (self.workers + 1) * per_process
 
 
 class TripwireConfig(Model):

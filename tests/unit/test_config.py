@@ -122,7 +122,7 @@ def test_secrets_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert config.etcd.auth.password.get_secret_value() == "etcd-pass"
     assert config.gateways[0].admin_key.get_secret_value() == "s3cret-admin-key"
     assert config.gateways[1].admin_key.get_secret_value() == "env-admin-key"
-    assert config.gateways[1].expected_streams() == 52
+    assert config.gateways[1].expected_streams() == 65  # (4 workers + privileged agent) x 13
     assert "world-readable" in caplog.text and "s3cret" not in caplog.text
     assert ("gateways[0].admin_key_file", f"secret file {key_file} is world-readable "
             f"(fix: chmod o-r {key_file})") in config.warnings
