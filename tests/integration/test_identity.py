@@ -57,6 +57,8 @@ def test_a_configured_endpoint_name_is_the_label_from_the_first_poll(
     proc = run_watchdog(config)
     wait_until(lambda: peers_up(proc) == {"etcd-a": 0.0}, timeout=15,
                what="the down member labelled by its configured name")
+    wait_until(lambda: "peer down peer=etcd-a reason=refused first_poll=true" in proc.output(),
+               timeout=5, what="the down-from-the-first-poll log line, with its reason")
     cluster.restart_member(0)
     # Up, the member list names it `member`; the configured name still wins.
     wait_until(lambda: peers_up(proc) == {"etcd-a": 1.0}, timeout=30, what="the member back")
