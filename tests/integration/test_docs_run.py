@@ -104,6 +104,32 @@ def test_every_block_is_classified() -> None:
     assert sum(b.kind != "skip" for b in ALL) >= 10  # the parser found the blocks
 
 
+def test_links_stay_inside_the_repository() -> None:
+    """Every relative link of the docs names a file of this repository (and an anchor it
+    has): a link out of the checkout, like ../shared/..., is dead for every reader."""
+    problems = []
+    for doc in DOCS:
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            if REPO not in file.parents and file != REPO:
+                problems.append(f"{doc.relative_to(REPO)}: {target} leaves the repository")
+            elif not file.exists():
+                problems.append(f"{doc.relative_to(REPO)}: {target} does not exist")
+            elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+                problems.append(f"{doc.relative_to(REPO)}: {target}: no such heading")
+    assert not problems, "\n".join(problems)
+
+
+def anchors(doc: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+\s+(.*)$", doc.read_text(), re.M)}
+
+
 # -- the lab -------------------------------------------------------------------------------
 
 
@@ -358,6 +384,9 @@ def check_config(text: str, where: str, tmp: Path) -> None:
     except ConfigError as err:
         raise AssertionError(f"{where}: check-config would exit 2:\n{err}") from None
     assert not loaded.warnings, f"{where}: check-config warns: {loaded.warnings}"
+    for i, gw in enumerate(yaml.safe_load(text).get("gateways") or []):
+        if "workers" in gw:  # the fan-out depends on it: APISIX < 3.4 needs legacy
+            assert "sync_mode" in gw, f"{where}: gateways[{i}] gives workers but no sync_mode"
 
 
 CONFIGS = [b for b in ALL if b.kind == "config"]
