@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +22,7 @@ import yaml
 from tests.conftest import REPO, WatchdogProcess, gateway_sim_process
 from tests.helpers import sample, wait_until
 from watchdog.etcd.client import SPEAKS_TLS
-from watchdog.lab.cluster import EtcdCluster
+from watchdog.lab.cluster import EtcdCluster, free_port
 from watchdog.lab.storm import Storm
 
 pytestmark = pytest.mark.integration
@@ -156,3 +159,51 @@ async def test_config_lag_comes_from_a_healthy_peer_while_one_json_gateway_stall
             assert proc.stop() == 0
     finally:
         await storm.stop()
+
+
+def watchdog_cli(*args: str, cwd: Path, user: int | None = None
+                 ) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "watchdog", *args]
+    if user is not None:
+        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+    env = {k: v for k, v in os.environ.items() if k != "WATCHDOG_CONFIG"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=cwd, env=env)
+
+
+def test_gateway_timeouts_clamp_to_their_interval_or_are_named(tmp_path: Path) -> None:
+    gw = {"name": "gw-1", "admin_url": "http://127.0.0.1:9180", "data_url":
+          "http://127.0.0.1:9080", "interval": "1s"}
+    config = tmp_path / "c.yml"
+    config.write_text(yaml.safe_dump({"etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+                                      "gateways": [gw], "state_dir": str(tmp_path / "s")}))
+    clamped = watchdog_cli("check-config", str(config), cwd=tmp_path)
+    assert clamped.returncode == 0 and "every 1s (timeout 800ms)" in clamped.stdout, clamped
+    config.write_text(yaml.safe_dump({"etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+                                      "gateways": [{**gw, "timeout": "1s"}]}))
+    named = watchdog_cli("check-config", str(config), cwd=tmp_path)
+    assert named.returncode == 2 and "gateways[0].timeout: 1s is not shorter than the " \
+        "interval 1s" in named.stderr, named
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run as another user")
+def test_run_as_another_user_names_the_unreadable_ca_file_and_exits_2() -> None:
+    shared = Path(tempfile.mkdtemp(prefix="watchdog-issue15-"))
+    try:
+        shared.chmod(0o755)  # pytest's tmp_path is private to root
+        (shared / "ca.pem").write_text("root-only\n")
+        (shared / "ca.pem").chmod(0o400)  # root can read it, nobody cannot
+        (shared / "state").mkdir(mode=0o777)
+        config = shared / "c.yml"
+        config.write_text(yaml.safe_dump({
+            "etcd": {"endpoints": ["https://127.0.0.1:2379"], "tls": {"ca_file": "ca.pem"}},
+            "state_dir": "state"}))
+        config.chmod(0o644)
+        done = watchdog_cli("run", "--config", str(config), "--web.listen-address",
+                            f"127.0.0.1:{free_port()}", cwd=shared, user=65534)
+        assert done.returncode == 2, done
+        assert f"etcd.tls.ca_file: cannot read {shared / 'ca.pem'}: Permission denied" in \
+            done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and "listen" not in done.stderr, done.stderr
+    finally:
+        shutil.rmtree(shared)
