@@ -409,8 +409,18 @@ def _capped(items: list[_Item], cap: int, what: str) -> list[_Item]:
     return items
 
 
+LABEL_NAME = r"^[A-Za-z0-9_.:-]+$"  # a name that is also a metric label value
+
+
+class NamedEndpoint(Model):
+    """`{url: ..., name: ...}`: an etcd endpoint with the peer label to use for it."""
+
+    url: EtcdUrl
+    name: str = Field(min_length=1, max_length=128, pattern=LABEL_NAME)
+
+
 class EtcdConfig(Model):
-    endpoints: list[EtcdUrl] = Field(min_length=1)
+    endpoints: list[EtcdUrl] = Field(min_length=1)  # URLs; named entries are unwrapped
     discover_members: bool = True
     tls: TLSConfig | None = None
     auth: AuthConfig | None = None
@@ -431,6 +441,57 @@ class EtcdConfig(Model):
     # (a central replica); local is a per-host agent that exports only them (docs/scaling.md).
     connections: Literal["auto", "off", "local"] = "auto"
 
+    _names: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _named_endpoints(cls, data: Any, handler: Any, info: ValidationInfo) -> EtcdConfig:
+        """Unwrap `{url, name}` entries of `endpoints` into URLs and keep their names; the
+        problems of named entries and of the rest are reported together."""
+        entries = data.get("endpoints") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not any(isinstance(e, dict) for e in entries):
+            return handler(data)  # type: ignore[no-any-return]
+        problems: list[tuple[str, str]] = []
+        names: dict[str, str] = {}
+        named_at: dict[str, int] = {}
+        urls: list[Any] = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                urls.append(entry)
+                continue
+            try:
+                named = NamedEndpoint.model_validate(entry, context=info.context)
+            except ValidationError as err:
+                problems += [(f"endpoints[{i}].{key}", msg) for e in err.errors()
+                             for key, msg in _details(e)]
+                urls.append(entry.get("url") if isinstance(entry.get("url"), str) else "")
+                continue
+            if named.name in named_at:
+                problems.append((f"endpoints[{i}].name", (
+                    f"{named.name!r} is already the name of endpoints[{named_at[named.name]}]: "
+                    "peer labels must be unique")))
+            elif names.get(named.url, named.name) != named.name:
+                problems.append((f"endpoints[{i}].name", (
+                    f"{named.url} is already named {names[named.url]!r}: one name per endpoint")))
+            named_at.setdefault(named.name, i)
+            names[named.url] = named.name
+            urls.append(named.url)
+        try:
+            model = handler({**data, "endpoints": urls})
+        except ValidationError as err:
+            problems += [p for e in err.errors() for p in _details(e)
+                         if not any(p[0].startswith(q[0].split(".")[0]) for q in problems)]
+            raise KeyedError(problems) from None
+        if problems:
+            raise KeyedError(problems)
+        model._names = names
+        return model  # type: ignore[no-any-return]
+
+    @property
+    def endpoint_names(self) -> dict[str, str]:
+        """Configured peer labels by endpoint URL (entries given as `{url, name}`)."""
+        return dict(self._names)
+
     @field_validator("endpoints")
     @classmethod
     def _cap(cls, endpoints: list[str]) -> list[str]:
@@ -446,7 +507,7 @@ class EtcdConfig(Model):
 
 
 class GatewayConfig(Model):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    name: str = Field(min_length=1, pattern=LABEL_NAME)
     admin_url: Url
     admin_key_file: FilePath | None = None
     admin_key_env: str | None = None
@@ -479,11 +540,13 @@ class GatewayConfig(Model):
         return self._admin_key
 
     def expected_streams(self) -> int | None:
-        """Watch streams this gateway should hold on etcd, when its workers are known."""
+        """Watch streams this gateway should hold on etcd, when its workers are known: one
+        per config-syncing Lua VM (every worker and the privileged agent), times the watched
+        prefixes before APISIX 3.4 (docs/configuration.md, "Expected fan-out")."""
         if self.workers is None:
             return None
-        per_worker = self.watched_prefixes if self.sync_mode == "legacy" else 1
-        return self.workers * per_worker
+        per_process = self.watched_prefixes if self.sync_mode == "legacy" else 1
+        return (self.workers + 1) * per_process
 
 
 class TripwireConfig(Model):
@@ -831,7 +894,9 @@ def describe(config: Config) -> list[str]:
         f"every {fmt(etcd.interval)} (timeout {fmt(etcd.timeout)}), "
         f"gRPC probes {'on' if etcd.grpc_probes else 'off'}",
     ]
-    lines += [f"  endpoint {url}" for url in etcd.endpoints]
+    lines += [f"  endpoint {url}" + (f" (peer {etcd.endpoint_names[url]})"
+                                     if url in etcd.endpoint_names else "")
+              for url in etcd.endpoints]
     if etcd.tls:
         items = [f"{k}={v}" for k, v in etcd.tls.model_dump().items() if v not in (None, False)]
         lines.append("  tls: " + (", ".join(items) or "system CAs"))

@@ -38,6 +38,12 @@ class GatewayFanout:
     sync_mode: str  # legacy | modern
     prefixes: int
 
+    def streams(self, mode: str) -> int:
+        """Watches in `mode`: one per config-syncing Lua VM, i.e. the workers plus the
+        privileged agent (as `GatewayConfig.expected_streams`), per prefix in legacy."""
+        vms = (self.workers or 0) + 1
+        return vms * self.prefixes if mode == "legacy" else vms
+
 
 @dataclass(frozen=True, slots=True)
 class FindingSettings:
@@ -293,7 +299,8 @@ def _probe_findings(p: PeerState, age: float, s: FindingSettings) -> Iterator[Ca
          Evidence("watch streams", _int(streams), age)),
         f"{limit}. APISIX and the admin API use the JSON gateway, so they hang",
         "upgrade etcd to >= 3.5.5 / 3.4.20; or raise --max-concurrent-streams; or reduce "
-        "fan-out (APISIX >= 3.4 opens one watch per worker); restart leaking gateways",
+        "fan-out (APISIX >= 3.4 opens one watch per worker, plus the privileged agent's); "
+        "restart leaking gateways",
         "etcdjsongatewaystalled")
 
 
@@ -385,18 +392,16 @@ def _fanout(peers: list[PeerState], now: float, s: FindingSettings) -> Iterator[
         return
     total = sum(v for v in observed if v is not None)
     workers = sum(g.workers or 0 for g in gws)
-    # Modern sync is one watch per Lua VM: the docs say workers + 1 (the privileged agent),
-    # the expected-streams code says workers; both count as a fit.
-    modern = (workers, workers + len(gws))
-    legacy = sum((g.workers or 0) * g.prefixes for g in gws)
+    modern = sum(g.streams("modern") for g in gws)
+    legacy = sum(g.streams("legacy") for g in gws)
     tol = s.fanout_tolerance
-    fits_modern = modern[0] * (1 - tol) <= total <= modern[1] * (1 + tol)
+    fits_modern = modern * (1 - tol) <= total <= modern * (1 + tol)
     fits_legacy = legacy * (1 - tol) <= total <= legacy * (1 + tol)
     modes = {g.sync_mode for g in gws}
     age = min(_age(now, p.last_poll) for p in up)
     # During warm-up the expected fan-out is the reference: far above what the configured
     # sync mode predicts, and matching neither model, is a surge (a leak) nobody armed for.
-    predicted = modern[1] if modes == {"modern"} else legacy
+    predicted = modern if modes == {"modern"} else legacy
     armed = any((w := p.wires.get("watch_streams")) is not None and w.armed for p in up)
     rates = [growth(p.history) for p in up]
     growing = sum(r for r in rates if r is not None) * 60 > s.growing_per_min
@@ -422,21 +427,20 @@ def _fanout(peers: list[PeerState], now: float, s: FindingSettings) -> Iterator[
     if growing:
         return  # a fan-out mismatch is judged on a steady count
     if modes == {"modern"} and fits_legacy and not fits_modern:
-        said, saw = "modern (one watch per worker)", "pre-3.4 per-prefix fan-out"
+        said, saw = "modern (one watch per worker and privileged agent)", "pre-3.4 per-prefix fan-out"
     elif modes == {"legacy"} and fits_modern and not fits_legacy:
         said, saw = "legacy (one watch per prefix per worker)", "APISIX >= 3.4 fan-out"
     else:
         return
     yield Candidate(
         "fanout_mismatch", Severity.WARNING, "cluster", "gateways",
-        f"{_int(total)} watch streams fit the {saw} ({legacy} legacy vs {modern[0]}-{modern[1]} "
+        f"{_int(total)} watch streams fit the {saw} ({legacy} legacy vs {modern} "
         f"modern predicted for {workers} workers) while the config says {said}",
         (Evidence("watch streams, all peers", _int(total), age),
-         Evidence("predicted, modern (workers to workers+1 per gateway)",
-                  f"{modern[0]}-{modern[1]}", 0.0),
-         Evidence("predicted, legacy (workers x prefixes)", str(legacy), 0.0)),
+         Evidence("predicted, modern (workers + 1 per gateway)", str(modern), 0.0),
+         Evidence("predicted, legacy ((workers + 1) x prefixes)", str(legacy), 0.0)),
         "gateways_sync_mode in the config does not match the APISIX release that runs "
-        "(APISIX 3.4, #9456, moved to one watch per worker)",
+        "(APISIX 3.4, #9456, moved to one watch per worker and privileged agent)",
         "set gateways[].sync_mode to what the fleet runs (legacy before APISIX 3.4), so the "
         "expected streams and the trip wire's reference are right",
         "etcdwatchfanoutmismatch")

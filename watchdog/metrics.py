@@ -358,8 +358,11 @@ class SnapshotCollector(Collector):
         last = _gauge("watchdog_gateway_last_smoke_timestamp_seconds",
                       "Unix time the last smoke probe finished.", labels)
         lag = _gauge("watchdog_gateway_config_lag_revisions",
-                     "etcd revision minus the newest revision the gateway reports having "
-                     "loaded. Growing: the gateway stopped applying config.", labels)
+                     "Newest mod_revision of gateway config in etcd (routes, services, "
+                     "upstreams, ssls, consumers, global rules, stream routes, protos) minus the "
+                     "newest revision the gateway reports having loaded (max_modify_index); "
+                     "absent when the gateway reports a revision that cannot be. Growing: the "
+                     "gateway stopped applying config.", labels)
         reachable = _gauge("watchdog_gateway_etcd_reachable",
                            "apisix_etcd_reachable as the gateway reports it.", labels)
         ready = _gauge("watchdog_gateway_ready",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from watchdog.config import Config
 from watchdog.etcd.job import Discovery, EtcdCycle
@@ -50,11 +50,12 @@ class Settings:
     grpc_probes: bool = True
     factor: float = 2.0
     fanout: tuple[FanoutEntry, ...] = ()
+    names: Mapping[str, str] = field(default_factory=dict)  # configured: endpoint -> label
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
         return cls(
-            grpc_probes=config.etcd.grpc_probes,
+            grpc_probes=config.etcd.grpc_probes, names=config.etcd.endpoint_names,
             factor=config.tripwire.factor,
             fanout=tuple(FanoutEntry(gw.name, gw.expected_streams(), gw.etcd_endpoint)
                          for gw in config.gateways),
@@ -97,7 +98,10 @@ def apply_discovery(prev: Snapshot, found: Discovery, wires: TripwireBank,
     names = dict(prev.names)
     targets = []
     for t in found.targets:
-        if t.name == t.url and t.url in names:
+        if t.url in settings.names:  # a configured name wins over the member list
+            t = PeerTarget(settings.names[t.url], t.url, t.member_id)
+            names[t.url] = t.name
+        elif t.name == t.url and t.url in names:
             t = PeerTarget(names[t.url], t.url, t.member_id)
         elif t.name != t.url:
             names[t.url] = t.name
@@ -130,7 +134,8 @@ def apply_polls(prev: Snapshot, polls: Iterable[PeerPoll], now: float, wires: Tr
     by_url = {p.endpoint: name for name, p in prev.peers.items()}
     named = []
     for poll in polls:
-        name = poll.target.name if poll.target.name in prev.peers else by_url.get(poll.target.url)
+        name = by_url.get(poll.target.url) or (
+            poll.target.name if poll.target.name in prev.peers else None)
         if name is not None:
             named.append((name, poll))
     polls = [poll for _, poll in named]

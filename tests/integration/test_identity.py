@@ -4,6 +4,7 @@ name it had (remembered in the state), not its URL, and nothing is renamed when 
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,3 +48,27 @@ def test_a_member_down_at_start_keeps_its_member_name(
     wait_until(lambda: peers_up(second) == {name: 1.0}, timeout=30, what="the member back")
     log = second.output()
     assert "peer left" not in log and f"watching peer peer={url}" not in log, log
+
+
+def test_a_configured_endpoint_name_is_the_label_from_the_first_poll(
+    make_cluster: Callable[..., EtcdCluster], write_config: Callable[..., Path],
+    run_watchdog: Callable[..., WatchdogProcess],
+) -> None:
+    cluster = make_cluster(size=1, name_prefix="named")
+    member, url = cluster.members[0].name, cluster.members[0].client_url
+    cluster.kill_member(0)  # down at start, and no state: nothing but the config names it
+    config = write_config({"etcd": {"endpoints": [{"url": url, "name": "etcd-a"}],
+                                    "interval": "500ms", "timeout": "400ms"}})
+    proc = run_watchdog(config)
+    wait_until(lambda: peers_up(proc) == {"etcd-a": 0.0}, timeout=15,
+               what="the down member labelled by its configured name")
+    wait_until(lambda: "peer down peer=etcd-a reason=refused first_poll=true" in proc.output(),
+               timeout=5, what="the down-from-the-first-poll log line, with its reason")
+    cluster.restart_member(0)
+    # Up, the member list names it `member`; the configured name still wins.
+    wait_until(lambda: peers_up(proc) == {"etcd-a": 1.0}, timeout=30, what="the member back")
+    time.sleep(1.5)  # a few more polls: nothing renames it
+    assert peers_up(proc) == {"etcd-a": 1.0}
+    log = proc.output()
+    assert "peer left" not in log and f"peer={member}" not in log, log
+    assert f"peer={url}" not in log, log

@@ -80,6 +80,7 @@ async def test_263_watches(tls: bool, make_cluster: Callable[..., EtcdCluster],
             assert streams == 250, "the JSON gateway's HTTP/2 connection caps at 250 streams"
             assert sample(text, "watchdog_etcd_stream_limit_exposed") == 1.0
             assert sample(text, "watchdog_etcd_stream_limit_headroom") == 0.0
+            assert proc.output().count("stream headroom low peer=") == 1  # once, not per poll
             assert sample(text, "watchdog_etcd_probe_success", api="json", op="range") == 0.0
             assert json_timeouts(text) - before >= 3, "JSON probes time out poll after poll"
             gap = sample(text, "watchdog_etcd_connections_without_stream")

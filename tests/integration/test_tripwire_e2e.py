@@ -73,6 +73,9 @@ async def test_surge_trips_within_two_intervals_and_clears(
             return await metric(proc, "watchdog_etcd_watch_tripwire") == 0
         await wait_for(cleared, 1.0 + 3 * INTERVAL + 0.5, "wire cleared after the hold")
         assert await metric(proc, "watchdog_etcd_watch_streams_steady_state") == 15
+        log = proc.output()  # one line each way, not one per poll
+        assert log.count("trip wire tripped peer=wire-0 signal=watch_streams") == 1, log
+        assert log.count("trip wire cleared peer=wire-0 signal=watch_streams") == 1, log
     finally:
         await surge.stop()
         await steady.stop()

@@ -122,7 +122,7 @@ def test_secrets_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert config.etcd.auth.password.get_secret_value() == "etcd-pass"
     assert config.gateways[0].admin_key.get_secret_value() == "s3cret-admin-key"
     assert config.gateways[1].admin_key.get_secret_value() == "env-admin-key"
-    assert config.gateways[1].expected_streams() == 52
+    assert config.gateways[1].expected_streams() == 65  # (4 workers + privileged agent) x 13
     assert "world-readable" in caplog.text and "s3cret" not in caplog.text
     assert ("gateways[0].admin_key_file", f"secret file {key_file} is world-readable "
             f"(fix: chmod o-r {key_file})") in config.warnings
@@ -500,3 +500,24 @@ def test_text_that_is_not_unicode_is_named_not_a_traceback(tmp_path: Path) -> No
     where = [loc for loc, _ in err.value.details]
     assert where == ["gateways[0].admin_url", "tripwire"], err.value.details
     assert "not valid Unicode" in str(err.value)
+
+
+def test_endpoints_may_carry_a_name(tmp_path: Path) -> None:
+    data = {"etcd": {"endpoints": ["http://127.0.0.1:2379",
+                                   {"url": "http://127.0.0.2:2379/", "name": "etcd-b"}]}}
+    etcd = load_config(write(tmp_path, data)).etcd
+    assert etcd.endpoints == ["http://127.0.0.1:2379", "http://127.0.0.2:2379"]
+    assert etcd.endpoint_names == {"http://127.0.0.2:2379": "etcd-b"}
+    found = problems(tmp_path, {
+        "etcd": {"endpoints": [{"url": "http://127.0.0.1:2379", "name": "a"},
+                               {"url": "http://127.0.0.2:2379", "name": "a"},
+                               {"url": "http://127.0.0.3", "name": "c"},
+                               {"url": "http://127.0.0.4:2379", "nam": "d"},
+                               {"url": "http://127.0.0.5:2379", "name": "e f"}, "ftp://x"],
+                 "interval": "1ms"}})
+    assert "already the name of endpoints[0]" in found["etcd.endpoints[1].name"]
+    assert "has no port" in found["etcd.endpoints[2].url"]
+    assert "unknown key" in found["etcd.endpoints[3].nam"]
+    assert "required key" in found["etcd.endpoints[3].name"]
+    assert "pattern" in found["etcd.endpoints[4].name"]
+    assert "etcd.endpoints[5]" in found and "etcd.interval" in found  # all in one pass

@@ -161,15 +161,18 @@ def test_watch_surge_in_warm_up_uses_the_expected_fan_out() -> None:
     assert "watch_surge:etcd" not in kinds(evaluate(snap(normal), NOW, settings))
 
 
-def test_fanout_mismatch_is_tolerant_of_workers_and_workers_plus_one() -> None:
+def test_fanout_counts_workers_plus_the_privileged_agent() -> None:
+    # APISIX runs init_worker (and so config sync) in every worker and in the privileged
+    # agent: 4 workers hold 5 watches (>= 3.4) or 5 x 13 (before); docs/configuration.md.
     gws = tuple(GatewayFanout(f"gw-{i}", 4, "modern", 13) for i in range(2))
+    assert [gws[0].streams("modern"), gws[0].streams("legacy")] == [5, 65]
     settings = replace(SETTINGS, fanout=gws)
-    legacy_like = [peer(metrics=metrics(watch_streams=104.0))]  # 2 x 4 x 13
+    legacy_like = [peer(metrics=metrics(watch_streams=130.0))]  # 2 x (4 + 1) x 13
     c = next(c for c in evaluate(snap(legacy_like), NOW, settings) if c.kind ==
              "fanout_mismatch")
-    assert "pre-3.4 per-prefix fan-out" in c.summary and "104 legacy vs 8-10 modern" in \
+    assert "pre-3.4 per-prefix fan-out" in c.summary and "130 legacy vs 10 modern" in \
         c.summary
-    for observed in (8.0, 10.0):  # workers (the code) and workers+1 (the runbook) both fit
+    for observed in (10.0, 8.0):  # exact, and a fleet missing its privileged agents' watches
         fits = [peer(metrics=metrics(watch_streams=observed))]
         assert "fanout_mismatch:gateways" not in kinds(evaluate(snap(fits), NOW, settings))
     legacy = replace(settings, fanout=tuple(replace(g, sync_mode="legacy") for g in gws))

@@ -275,7 +275,7 @@ def test_expected_streams_pinned_and_spread(page: PeerMetrics) -> None:
     assert expected_streams(polls, [FanoutEntry("gw-3", None, None)]) == {}
     reducer, _, _ = make_reducer()
     _, snap = reducer.apply(EtcdCycle(polls=(up_poll(A, page),), before=Discovery((A,))))
-    assert snap.peers["etcd-0"].expected_streams == 2.0  # gw-1: 2 workers, modern sync
+    assert snap.peers["etcd-0"].expected_streams == 3.0  # gw-1: 2 workers + agent, modern
 
 
 def test_a_shard_spreads_unpinned_fanout_over_the_whole_cluster(page: PeerMetrics) -> None:
