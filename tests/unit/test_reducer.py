@@ -290,7 +290,8 @@ def test_a_shard_spreads_unpinned_fanout_over_the_whole_cluster(page: PeerMetric
     _, snap = reducer.apply(EtcdCycle(polls=(up_poll(A, page),),
                                       before=Discovery((A,), members=2)))
     assert snap.members == 2
-    assert snap.peers["etcd-0"].expected_streams == 1.0  # gw-1's 2 streams over 2 members
+    # gw-1: 2 workers + the privileged agent, modern sync: 3 streams over 2 members
+    assert snap.peers["etcd-0"].expected_streams == 1.5
 
 
 def test_snapshot_defaults_are_empty() -> None:
