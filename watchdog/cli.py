@@ -408,30 +408,71 @@ def lab_up(members: int, tls: bool, auth: bool, gateways: int, workers: int, syn
               help="Key prefix to watch.")
 @click.option("--duration", type=click.FloatRange(min=1), default=None,
               help="Stop after this many seconds (default: run until Ctrl-C).")
+@click.option("--user", default=None, help="etcd user to authenticate as (with --password-file).")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="File holding the etcd user's password.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="Take etcd auth and tls.ca_file from this watchdog config (flags win).")
+@click.option("--allow-remote", is_flag=True,
+              help="Allow an endpoint outside 127.0.0.0/8 and ::1 (a storm can stall a "
+                   "production cluster).")
 @with_logging
 def lab_storm(endpoint: str, watches: int, ca_file: str | None, prefix: str,
-              duration: float | None, log_level: str, log_format: str) -> None:
+              duration: float | None, user: str | None, password_file: Path | None,
+              config_file: Path | None, allow_remote: bool, log_level: str,
+              log_format: str) -> None:
     """Open N HTTP watch long-polls against an etcd endpoint, the way a gateway fleet does,
     and print, every second, the peer's watch streams and a JSON-gateway read's latency.
 
     On etcd < 3.4.20 / 3.5.5 serving TLS, JSON reads stall once about 250 watches are held.
-    Only loopback endpoints are sensible targets for a rehearsal.
+    Only loopback endpoints are accepted unless --allow-remote is given.
+    Exit 0 when watches were opened; 1 when none was (every answer is counted as failed,
+    a non-2xx one by its status) or etcd refused the credentials; 2 on bad usage.
     """
     import signal
 
-    from watchdog.lab.storm import run_storm
+    from watchdog.lab.storm import StormError, authenticate, loopback_only, run_storm
 
     setup_logging(log_level, log_format)
+    password: str | None = None
+    if config_file is not None:
+        try:
+            etcd = load_config(config_file).etcd
+        except ConfigError as err:
+            fail_config(err)
+        if etcd.auth is not None and user is None:
+            user, password = etcd.auth.username, etcd.auth.password.get_secret_value()
+        if etcd.tls is not None and ca_file is None and etcd.tls.ca_file:
+            ca_file = str(etcd.tls.ca_file)
+    if password_file is not None:
+        password = password_file.read_text().rstrip("\r\n")
+    if (user is None) != (password is None):
+        raise click.UsageError("--user and --password-file go together")
+    try:
+        if not allow_remote:
+            loopback_only(endpoint)
+    except StormError as err:
+        click.echo(f"watchdog: {err}", err=True)
+        sys.exit(EXIT_CONFIG)
 
-    async def go() -> None:
+    async def go() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_storm(endpoint, watches, ca_file, prefix, duration,
-                        lambda s: click.echo(s), stop)
+        token = None
+        if user is not None:
+            token = await authenticate(endpoint, user, password or "", ca_file)
+        summary = await run_storm(endpoint, watches, ca_file, prefix, duration,
+                                  lambda s: click.echo(s), stop, token)
+        return 0 if summary["created"] else 1
 
-    asyncio.run(go())
+    try:
+        code = asyncio.run(go())
+    except StormError as err:
+        click.echo(f"watchdog: {err}", err=True)
+        code = 1
+    sys.exit(code)
 
 
 @main.command("demo")
