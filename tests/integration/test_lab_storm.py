@@ -66,10 +66,9 @@ def test_auth_as_a_reader(server_pool: ServerPool, tmp_path: Path) -> None:
     assert "Traceback" not in output
 
 
-@pytest.mark.parametrize("endpoint", ["http://10.0.0.1:2379", "https://etcd.example:2379",
-                                      "http://[2001:db8::1]:2379"])
-def test_remote_endpoint_refused_without_allow_remote(endpoint: str) -> None:
-    code, output, summary = storm("--endpoint", endpoint, "--watches", "1", "--duration", "1")
+def test_remote_endpoint_refused_without_allow_remote() -> None:
+    code, output, summary = storm("--endpoint", "http://10.0.0.1:2379", "--watches", "1",
+                                  "--duration", "1")
     assert code == 2, output
     assert "not a loopback address" in output and "--allow-remote" in output
     assert summary is None and "Traceback" not in output
@@ -79,5 +78,7 @@ def test_loopback_addresses_pass() -> None:
     for endpoint in ("http://127.0.0.1:2379", "https://127.8.9.10:1", "http://[::1]:2379",
                      "http://localhost:2379"):
         loopback_only(endpoint)
-    with pytest.raises(StormError):
-        loopback_only("http://0.0.0.0:2379")
+    for endpoint in ("http://0.0.0.0:2379", "https://etcd.example:2379",
+                     "http://[2001:db8::1]:2379", "http://10.0.0.1:2379"):
+        with pytest.raises(StormError, match="--allow-remote"):
+            loopback_only(endpoint)
