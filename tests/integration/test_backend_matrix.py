@@ -20,6 +20,7 @@ from typing import Any
 import etcd3
 import pytest
 
+from tests.alertcheck import Target, alert_names, firing
 from tests.backends import (
     APISIX_PREFIX,
     READER,
@@ -30,7 +31,6 @@ from tests.backends import (
     Server,
     ServerPool,
 )
-from tests.alertcheck import Target, alert_names, firing
 from tests.conftest import WatchdogProcess
 from tests.helpers import all_samples, http_get, require_tool, sample, wait_until
 from watchdog.etcd.client import EtcdHttp, EtcdStatus, RangeCount, b64
@@ -619,10 +619,12 @@ async def check_tripwire(backend: Backend, server: Server, proc: WatchdogProcess
     finally:
         await surge.stop()
     started = time.monotonic()
+
     def wire() -> tuple[float | None, ...]:
         text = proc.metrics()
-        return tuple(sample(text, f"watchdog_etcd_watch_{name}") for name in (
-            "tripwire", "streams", "streams_steady_state")) + (metric_watch_streams(server),)
+        ours = (sample(text, f"watchdog_etcd_watch_{name}")
+                for name in ("tripwire", "streams", "streams_steady_state"))
+        return (*ours, metric_watch_streams(server))
 
     seen: list[tuple[float | None, ...]] = []
     try:
