@@ -335,6 +335,13 @@ def _lab_options(func):  # type: ignore[no-untyped-def]
                      show_default=True,
                      help="Where the lab's watchdog config (and the demo) serves; a free port "
                           "is used when it is taken."),
+        click.option("--etcd-bin", type=click.Path(dir_okay=False), default=None,
+                     help="The etcd binary to run (default: $ETCD_BIN, the lab extra, PATH)."),
+        click.option("--backend", default=None, metavar="NAME",
+                     help="The server to run, from the build cache of scripts/servers/build.sh: "
+                          "etcd-3.4|etcd-3.5|etcd-3.6|etcd-3.7 (newest patch built), kine (on "
+                          "SQLite) or antietcd (three members); the shims run plain HTTP "
+                          "without simulated gateways."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -342,9 +349,25 @@ def _lab_options(func):  # type: ignore[no-untyped-def]
 
 
 def _lab_spec(members: int, tls: bool, auth: bool, gateways: int, workers: int, sync_mode: str,
-              faults: tuple[str, ...], listen: str) -> object:
+              faults: tuple[str, ...], listen: str, etcd_bin: str | None = None,
+              backend: str | None = None) -> object:
     from watchdog.lab.lab import LabSpec, parse_faults, pick_listen
+    from watchdog.lab.servers import ServerNotFoundError, resolve
 
+    try:
+        server = resolve(backend, etcd_bin) if backend or etcd_bin else None
+    except ServerNotFoundError as err:
+        click.echo(f"watchdog: {err}", err=True)
+        sys.exit(EXIT_CONFIG)
+    if server is not None and server.kind != "etcd":
+        source = click.get_current_context().get_parameter_source("gateways")
+        if source is click.core.ParameterSource.DEFAULT:
+            gateways = 0  # the simulator needs the JSON gateway's HTTP watch
+        elif gateways:
+            from watchdog.lab.lab import NO_GATEWAYS_ON
+
+            raise click.BadParameter(f"no simulated gateway runs on {server.kind}: "
+                                     f"{NO_GATEWAYS_ON[server.kind]}", param_hint="--gateways")
     try:
         _check = __import__("watchdog.config", fromlist=["_check_listen"])._check_listen
         _check(listen)
@@ -352,7 +375,8 @@ def _lab_spec(members: int, tls: bool, auth: bool, gateways: int, workers: int, 
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
     return LabSpec(members=members, tls=tls, auth=auth, gateways=gateways, workers=workers,
-                   sync_mode=sync_mode, faults=fault_map, listen=pick_listen(listen))
+                   sync_mode=sync_mode, faults=fault_map, listen=pick_listen(listen),
+                   server=server)
 
 
 def _run_lab(spec: object, with_watchdog: bool) -> None:
@@ -360,7 +384,8 @@ def _run_lab(spec: object, with_watchdog: bool) -> None:
     from watchdog.lab.lab import run_lab
 
     try:
-        find_etcd()
+        if getattr(spec, "server", None) is None:
+            find_etcd()
     except EtcdNotFoundError as err:
         click.echo(f"watchdog: {err}", err=True)
         sys.exit(2)
@@ -385,17 +410,19 @@ def lab() -> None:
 @_lab_options
 @with_logging
 def lab_up(members: int, tls: bool, auth: bool, gateways: int, workers: int, sync_mode: str,
-           faults: tuple[str, ...], listen: str, log_level: str, log_format: str) -> None:
+           faults: tuple[str, ...], listen: str, etcd_bin: str | None, backend: str | None,
+           log_level: str, log_format: str) -> None:
     """Start the lab, write a ready watchdog config, print every endpoint, and run until
     Ctrl-C (then stop everything and remove the lab directory).
 
     \b
     Switch faults at run time through a gateway's admin port, e.g.
       curl -X PUT -H "X-API-KEY: $KEY" -d '{"faults":["stale"]}' ADMIN_URL/__sim/faults
-    Exit 0 after Ctrl-C; 2 if no etcd binary can be found.
+    Exit 0 after Ctrl-C; 2 if no etcd binary (or the --backend asked for) can be found.
     """
     setup_logging("warning" if log_level == "info" else log_level, log_format)
-    _run_lab(_lab_spec(members, tls, auth, gateways, workers, sync_mode, faults, listen), False)
+    _run_lab(_lab_spec(members, tls, auth, gateways, workers, sync_mode, faults, listen,
+                       etcd_bin, backend), False)
 
 
 @lab.command("storm")
@@ -479,13 +506,15 @@ def lab_storm(endpoint: str, watches: int, ca_file: str | None, prefix: str,
 @_lab_options
 @with_logging
 def demo(members: int, tls: bool, auth: bool, gateways: int, workers: int, sync_mode: str,
-         faults: tuple[str, ...], listen: str, log_level: str, log_format: str) -> None:
+         faults: tuple[str, ...], listen: str, etcd_bin: str | None, backend: str | None,
+         log_level: str, log_format: str) -> None:
     """`lab up` plus `run` on the lab: three etcd members over TLS and simulated gateways,
     watched by watchdog, with the status page and /metrics URLs printed. Ctrl-C stops and
     removes everything (exit 0).
     """
     setup_logging("warning" if log_level == "info" else log_level, log_format)
-    _run_lab(_lab_spec(members, tls, auth, gateways, workers, sync_mode, faults, listen), True)
+    _run_lab(_lab_spec(members, tls, auth, gateways, workers, sync_mode, faults, listen,
+                       etcd_bin, backend), True)
 
 
 @main.command("doctor")
