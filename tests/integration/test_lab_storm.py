@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,13 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 ANTIETCD = next(b for b in RUNNABLE if b.kind == "antietcd")
 ETCD = next(b for b in RUNNABLE if b.kind == "etcd" and b.version.startswith("3.6."))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_servers_after_this_module(server_pool: ServerPool) -> Iterator[None]:
+    """The servers started here are not left running beside the rest of the suite."""
+    yield
+    server_pool.close()
 
 
 def storm(*args: str, timeout: float = 40) -> tuple[int, str, dict[str, object] | None]:
