@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.backends import READER, READER_PASSWORD, RUNNABLE, ServerPool
 from watchdog.lab.storm import StormError, loopback_only
@@ -68,6 +69,12 @@ def test_auth_as_a_reader(server_pool: ServerPool, tmp_path: Path) -> None:
     assert code == 0, output
     assert summary is not None and summary["created"] == 3 and summary["failed"] == 0, summary
     assert READER_PASSWORD not in output
+    # The same credentials from a watchdog config's etcd.auth.
+    config = tmp_path / "watchdog.yml"
+    config.write_text(yaml.safe_dump({"etcd": {"endpoints": [server.client_url], "auth": {
+        "username": READER, "password_file": str(password)}}}))
+    code, output, summary = storm(*args, "--config", str(config))
+    assert code == 0 and summary is not None and summary["created"] == 3, output
     password.write_text("wrong\n")
     code, output, _ = storm(*args, "--user", READER, "--password-file", str(password))
     assert code == 1 and f"refused to authenticate user '{READER}'" in output, output
