@@ -140,9 +140,13 @@ def _backends() -> list[Backend]:
                 anti_home / "antietcd-app.js", anti_home / "anticli.js", grpc=False,
                 metrics="none", http_watch=False, etcd_auth=False, max_streams_flag=False),
         Backend("etcd-adapter", "etcd-adapter", "-", "Go module github.com/api7/etcd-adapter",
-                unavailable="not available: the Go module proxy refuses github.com/api7/"
-                            "etcd-adapter (403 'This module version is not available', "
-                            "tried v0.2.0 and the version list)"),
+                unavailable="not available: the Go module proxy refuses it, asked again "
+                            "2026-12-01: `go list -m -versions github.com/api7/etcd-adapter` "
+                            "answers 'reading https://proxy.golang.org/github.com/api7/"
+                            "etcd-adapter/@v/list: 403 Forbidden, server response: This "
+                            "module version is not available.', and `go mod download "
+                            "github.com/api7/etcd-adapter@v0.2.0` the same 403 for "
+                            "@v/v0.2.0.info"),
     ]
 
 
@@ -500,6 +504,9 @@ FEATURES: dict[str, str] = {
     "stall_plain": "JSON stalls at `--max-concurrent-streams 20`, gRPC answers, plain",
     "stall_tls": "JSON stalls at the stream limit (20; 250 on 3.5.1), gRPC answers, TLS",
     "daemon": "`watchdog run` (etcd: as the reader): up, version, streams, no probe failure",
+    "no_alerts": "no alert in `alerts/` fires on a healthy run (promtool over live pages)",
+    "tripwire": "trip wire: a watch surge trips it and it clears (else absent, "
+                "\"not available\")",
 }
 
 

@@ -349,6 +349,13 @@ def _lab_options(func):  # type: ignore[no-untyped-def]
                      show_default=True,
                      help="Where the lab's watchdog config (and the demo) serves; a free port "
                           "is used when it is taken."),
+        click.option("--etcd-bin", type=click.Path(dir_okay=False), default=None,
+                     help="The etcd binary to run (default: $ETCD_BIN, the lab extra, PATH)."),
+        click.option("--backend", default=None, metavar="NAME",
+                     help="The server to run, from the build cache of scripts/servers/build.sh: "
+                          "etcd-3.4|etcd-3.5|etcd-3.6|etcd-3.7 (newest patch built), kine (on "
+                          "SQLite) or antietcd (three members); the shims run plain HTTP "
+                          "without simulated gateways."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -356,9 +363,25 @@ def _lab_options(func):  # type: ignore[no-untyped-def]
 
 
 def _lab_spec(members: int, tls: bool, auth: bool, gateways: int, workers: int, sync_mode: str,
-              faults: tuple[str, ...], listen: str) -> object:
+              faults: tuple[str, ...], listen: str, etcd_bin: str | None = None,
+              backend: str | None = None) -> object:
     from watchdog.lab.lab import LabSpec, parse_faults, pick_listen
+    from watchdog.lab.servers import ServerNotFoundError, resolve
 
+    try:
+        server = resolve(backend, etcd_bin) if backend or etcd_bin else None
+    except ServerNotFoundError as err:
+        click.echo(f"watchdog: {err}", err=True)
+        sys.exit(EXIT_CONFIG)
+    if server is not None and server.kind != "etcd":
+        source = click.get_current_context().get_parameter_source("gateways")
+        if source is click.core.ParameterSource.DEFAULT:
+            gateways = 0  # the simulator needs the JSON gateway's HTTP watch
+        elif gateways:
+            from watchdog.lab.lab import NO_GATEWAYS_ON
+
+            raise click.BadParameter(f"no simulated gateway runs on {server.kind}: "
+                                     f"{NO_GATEWAYS_ON[server.kind]}", param_hint="--gateways")
     try:
         _check = __import__("watchdog.config", fromlist=["_check_listen"])._check_listen
         _check(listen)
@@ -366,7 +389,8 @@ def _lab_spec(members: int, tls: bool, auth: bool, gateways: int, workers: int, 
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
     return LabSpec(members=members, tls=tls, auth=auth, gateways=gateways, workers=workers,
-                   sync_mode=sync_mode, faults=fault_map, listen=pick_listen(listen))
+                   sync_mode=sync_mode, faults=fault_map, listen=pick_listen(listen),
+                   server=server)
 
 
 def _run_lab(spec: object, with_watchdog: bool) -> None:
@@ -374,7 +398,8 @@ def _run_lab(spec: object, with_watchdog: bool) -> None:
     from watchdog.lab.lab import run_lab
 
     try:
-        find_etcd()
+        if getattr(spec, "server", None) is None:
+            find_etcd()
     except EtcdNotFoundError as err:
         click.echo(f"watchdog: {err}", err=True)
         sys.exit(2)
@@ -399,17 +424,19 @@ def lab() -> None:
 @_lab_options
 @with_logging
 def lab_up(members: int, tls: bool, auth: bool, gateways: int, workers: int, sync_mode: str,
-           faults: tuple[str, ...], listen: str, log_level: str, log_format: str) -> None:
+           faults: tuple[str, ...], listen: str, etcd_bin: str | None, backend: str | None,
+           log_level: str, log_format: str) -> None:
     """Start the lab, write a ready watchdog config, print every endpoint, and run until
     Ctrl-C (then stop everything and remove the lab directory).
 
     \b
     Switch faults at run time through a gateway's admin port, e.g.
       curl -X PUT -H "X-API-KEY: $KEY" -d '{"faults":["stale"]}' ADMIN_URL/__sim/faults
-    Exit 0 after Ctrl-C; 2 if no etcd binary can be found.
+    Exit 0 after Ctrl-C; 2 if no etcd binary (or the --backend asked for) can be found.
     """
     setup_logging("warning" if log_level == "info" else log_level, log_format)
-    _run_lab(_lab_spec(members, tls, auth, gateways, workers, sync_mode, faults, listen), False)
+    _run_lab(_lab_spec(members, tls, auth, gateways, workers, sync_mode, faults, listen,
+                       etcd_bin, backend), False)
 
 
 @lab.command("storm")
@@ -422,43 +449,86 @@ def lab_up(members: int, tls: bool, auth: bool, gateways: int, workers: int, syn
               help="Key prefix to watch.")
 @click.option("--duration", type=click.FloatRange(min=1), default=None,
               help="Stop after this many seconds (default: run until Ctrl-C).")
+@click.option("--user", default=None, help="etcd user to authenticate as (with --password-file).")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="File holding the etcd user's password.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="Take etcd auth and tls.ca_file from this watchdog config (flags win).")
+@click.option("--allow-remote", is_flag=True,
+              help="Allow an endpoint outside 127.0.0.0/8 and ::1 (a storm can stall a "
+                   "production cluster).")
 @with_logging
 def lab_storm(endpoint: str, watches: int, ca_file: str | None, prefix: str,
-              duration: float | None, log_level: str, log_format: str) -> None:
+              duration: float | None, user: str | None, password_file: Path | None,
+              config_file: Path | None, allow_remote: bool, log_level: str,
+              log_format: str) -> None:
     """Open N HTTP watch long-polls against an etcd endpoint, the way a gateway fleet does,
     and print, every second, the peer's watch streams and a JSON-gateway read's latency.
 
     On etcd < 3.4.20 / 3.5.5 serving TLS, JSON reads stall once about 250 watches are held.
-    Only loopback endpoints are sensible targets for a rehearsal.
+    Only loopback endpoints are accepted unless --allow-remote is given.
+    Exit 0 when watches were opened; 1 when none was (every answer is counted as failed,
+    a non-2xx one by its status) or etcd refused the credentials; 2 on bad usage.
     """
     import signal
 
-    from watchdog.lab.storm import run_storm
+    from watchdog.lab.storm import StormError, authenticate, loopback_only, run_storm
 
     setup_logging(log_level, log_format)
+    password: str | None = None
+    if config_file is not None:
+        try:
+            etcd = load_config(config_file).etcd
+        except ConfigError as err:
+            fail_config(err)
+        if etcd.auth is not None and user is None:
+            user, password = etcd.auth.username, etcd.auth.password.get_secret_value()
+        if etcd.tls is not None and ca_file is None and etcd.tls.ca_file:
+            ca_file = str(etcd.tls.ca_file)
+    if password_file is not None:
+        password = password_file.read_text().rstrip("\r\n")
+    if (user is None) != (password is None):
+        raise click.UsageError("--user and --password-file go together")
+    try:
+        if not allow_remote:
+            loopback_only(endpoint)
+    except StormError as err:
+        click.echo(f"watchdog: {err}", err=True)
+        sys.exit(EXIT_CONFIG)
 
-    async def go() -> None:
+    async def go() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_storm(endpoint, watches, ca_file, prefix, duration,
-                        lambda s: click.echo(s), stop)
+        token = None
+        if user is not None:
+            token = await authenticate(endpoint, user, password or "", ca_file)
+        summary = await run_storm(endpoint, watches, ca_file, prefix, duration,
+                                  lambda s: click.echo(s), stop, token)
+        return 0 if summary["created"] else 1
 
-    asyncio.run(go())
+    try:
+        code = asyncio.run(go())
+    except StormError as err:
+        click.echo(f"watchdog: {err}", err=True)
+        code = 1
+    sys.exit(code)
 
 
 @main.command("demo")
 @_lab_options
 @with_logging
 def demo(members: int, tls: bool, auth: bool, gateways: int, workers: int, sync_mode: str,
-         faults: tuple[str, ...], listen: str, log_level: str, log_format: str) -> None:
+         faults: tuple[str, ...], listen: str, etcd_bin: str | None, backend: str | None,
+         log_level: str, log_format: str) -> None:
     """`lab up` plus `run` on the lab: three etcd members over TLS and simulated gateways,
     watched by watchdog, with the status page and /metrics URLs printed. Ctrl-C stops and
     removes everything (exit 0).
     """
     setup_logging("warning" if log_level == "info" else log_level, log_format)
-    _run_lab(_lab_spec(members, tls, auth, gateways, workers, sync_mode, faults, listen), True)
+    _run_lab(_lab_spec(members, tls, auth, gateways, workers, sync_mode, faults, listen,
+                       etcd_bin, backend), True)
 
 
 @main.command("doctor")

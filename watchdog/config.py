@@ -214,6 +214,18 @@ EtcdUrl = _url_type(etcd=True)
 MetricsUrl = _url_type(query_ok=True)
 
 
+def _check_peer_metrics_url(value: object) -> str:
+    text = _check_url(value)
+    if not urlsplit(text).path.endswith("/metrics"):
+        raise ValueError(f"{_redacted(text)}: a peer's metrics URL ends in /metrics, e.g. "
+                         "http://127.0.0.1:8080/metrics for kine --metrics-bind-address "
+                         "127.0.0.1:8080")
+    return text
+
+
+PeerMetricsUrl = Annotated[str, BeforeValidator(_check_peer_metrics_url)]
+
+
 def _resolve(path: Path, info: ValidationInfo) -> Path:
     """Relative paths are relative to the config file's folder, not the working directory."""
     base = (info.context or {}).get("base_dir")
@@ -437,6 +449,9 @@ class EtcdConfig(Model):
     max_concurrent_streams: int | None = Field(default=None, ge=1)
     max_concurrent_streams_overrides: dict[str, Annotated[int, Field(ge=1)]] = Field(
         default_factory=dict)
+    # A peer whose Prometheus page is not at <client URL>/metrics (kine's
+    # --metrics-bind-address); keyed by member name or client URL like the overrides.
+    metrics_urls: dict[str, PeerMetricsUrl] = Field(default_factory=dict)
     # Client connections: auto counts them for every peer listening on this host; off never
     # (a central replica); local is a per-host agent that exports only them (docs/scaling.md).
     connections: Literal["auto", "off", "local"] = "auto"
@@ -496,6 +511,13 @@ class EtcdConfig(Model):
     @classmethod
     def _cap(cls, endpoints: list[str]) -> list[str]:
         return _capped(endpoints, MAX_ENDPOINTS, "endpoints")
+
+    def metrics_url_for(self, name: str, url: str) -> str | None:
+        """The configured metrics page of one peer, without its `/metrics`, or None."""
+        wanted = {name: 0, url.rstrip("/"): 1}  # a member name wins over a URL
+        found = sorted((wanted[k.rstrip("/")], page) for k, page in self.metrics_urls.items()
+                       if k.rstrip("/") in wanted)
+        return found[0][1].removesuffix("/metrics") if found else None
 
     def stream_limit_for(self, name: str, url: str) -> int | None:
         """The configured --max-concurrent-streams of one peer (override, then default)."""

@@ -57,7 +57,10 @@ def render(data: dict[str, Any]) -> str:
         f"{data.get('updated', 'unknown')}. Every server ran on loopback (etcd and kine as "
         "a single node, antietcd as three members), started by the test suite from the "
         "binaries `scripts/servers/build.sh` builds or installs; every cell is what "
-        "watchdog's own clients (`EtcdHttp`, `GrpcProber`) observed.",
+        "watchdog's own clients (`EtcdHttp`, `GrpcProber`) observed, or, in the last three "
+        "rows, a real `watchdog run` on the server: \"no alert fires\" is `promtool test "
+        "rules` of every rule in `alerts/` over `/metrics` pages scraped from that run "
+        "(watchdog's and the server's own), carried on to 20 minutes.",
         "",
         "- **yes**: works; **no**: the server does not serve it (checked: it refuses, and "
         "watchdog must say \"not available\");",

@@ -20,6 +20,7 @@ from typing import Any
 import etcd3
 import pytest
 
+from tests.alertcheck import Target, alert_names, firing
 from tests.backends import (
     APISIX_PREFIX,
     READER,
@@ -31,7 +32,7 @@ from tests.backends import (
     ServerPool,
 )
 from tests.conftest import WatchdogProcess
-from tests.helpers import all_samples, sample, wait_until
+from tests.helpers import all_samples, http_get, require_tool, sample, wait_until
 from watchdog.etcd.client import EtcdHttp, EtcdStatus, RangeCount, b64
 from watchdog.etcd.probes import GrpcProber
 from watchdog.etcd.promtext import parse_peer_metrics
@@ -452,13 +453,45 @@ async def watch_as_reader(server: Server, opened: int) -> Storm:
     return storm
 
 
+# The trip wire in the daemon runs: armed after two seconds, cleared after one; a surge of
+# SURGE watches over BASELINE trips it (factor 2, at least MIN_STREAMS streams).
+BASELINE = 3
+SURGE = 10
+MIN_STREAMS = 5
+PAGE_GAP = 1.0  # seconds between the healthy run's scrapes (promtool's interval)
+PAGES = 3
+# The etcd line whose surge pages must make the alert check fire (its positive control).
+CONTROL = max((b for b in RUNNABLE if b.kind == "etcd"),
+              key=lambda b: tuple(int(n) for n in b.version.split(".")))
+
+
+async def scrape_pages(proc: WatchdogProcess, server: Server, count: int) -> list[Target]:
+    """`count` scrapes, PAGE_GAP apart, of watchdog and of the server's own /metrics page."""
+    own = Target("watchdog", "watchdog:9817")
+    peer = Target(server.backend.kind, "server:2379") if server.metrics_url else None
+    for i in range(count):
+        if i:
+            await asyncio.sleep(PAGE_GAP)
+        own.pages.append(await asyncio.to_thread(proc.metrics))
+        if peer is not None:
+            assert server.metrics_url is not None
+            status, body = await asyncio.to_thread(server.http, "GET", "", None, 5.0, None,
+                                                   server.metrics_url)
+            assert status == 200, body[:200]
+            peer.pages.append(body.decode())
+    return [own] + ([peer] if peer else [])
+
+
 @pytest.mark.parametrize("backend", matrix("daemon"))
 async def test_daemon(backend: Backend, server_pool: ServerPool, seeded: set[str],
                       compat: CompatResults, tmp_path: Path, write_config: Callable[..., Path],
                       run_watchdog: Callable[..., WatchdogProcess]) -> None:
     """`watchdog run` on the server: the peer is up with its version, its watch streams
     equal the server's own count (etcd, with the user `watchdog` that may only read
-    /apisix/), and no probe is counted as failed."""
+    /apisix/), and no probe is counted as failed. Then, over the same healthy run, no rule
+    in alerts/ fires (promtool over the scraped pages), and the trip wire: a watch surge
+    trips it and it clears (etcd), or it is absent and "not available" (no watch count)."""
+    promtool = require_tool("promtool")
     etcd: dict[str, Any] = {"interval": "1s", "timeout": "800ms",
                             "probe_key": "/apisix/watchdog/probe"}
     if backend.etcd_auth:
@@ -470,9 +503,15 @@ async def test_daemon(backend: Backend, server_pool: ServerPool, seeded: set[str
     else:
         server = plain(server_pool, seeded, backend)
     etcd["endpoints"] = [server.client_url]
-    proc = run_watchdog(write_config({"etcd": etcd}))
-    storm = await watch_as_reader(server, 3) if backend.kind == "etcd" else None
+    if backend.metrics == "separate":  # kine: its own page, named in the config
+        etcd["metrics_urls"] = {server.client_url: server.metrics_url}
+    # The baseline first: a steady state learned from polls before it would be too low
+    # for the wire to clear once the surge is gone.
+    storm = await watch_as_reader(server, BASELINE) if backend.kind == "etcd" else None
     try:
+        proc = run_watchdog(write_config({
+            "etcd": etcd,
+            "tripwire": {"warmup": "2s", "hold": "1s", "min_streams": MIN_STREAMS}}))
         def polled() -> str | None:
             text = proc.metrics()
             polls = max((v for _, v in all_samples(
@@ -485,9 +524,29 @@ async def test_daemon(backend: Backend, server_pool: ServerPool, seeded: set[str
             return text
 
         text = await wait_for(polled, 30, "three polls (etcd: streams = etcd's own)")
+        check_daemon(backend, server, text, compat)
+        if storm is not None:
+            await wait_for(lambda: sample(proc.metrics(),
+                                          "watchdog_etcd_watch_streams_steady_state"),
+                           15, "the trip wire armed (steady state learned)")
+        healthy = await scrape_pages(proc, server, PAGES)
+        fired = await asyncio.to_thread(firing, healthy, PAGE_GAP, promtool, tmp_path)
+        jobs = " and ".join(f"{t.job}'s" for t in healthy)
+        compat.record(backend, "no_alerts", "fail" if fired else "yes",
+                      "; ".join(fired)[:300] if fired else
+                      f"{PAGES} scrapes of {jobs} /metrics {PAGE_GAP:g}s apart, carried on "
+                      f"to 20 min; none of {len(alert_names())} alerts fires")
+        assert not fired, fired
+        if storm is None:
+            await check_no_tripwire(backend, proc, compat)
+        else:
+            await check_tripwire(backend, server, proc, compat, healthy, promtool, tmp_path)
     finally:
         if storm is not None:
             await storm.stop()
+
+
+def check_daemon(backend: Backend, server: Server, text: str, compat: CompatResults) -> None:
     up = sample(text, "watchdog_etcd_peer_up")
     info = [labels for labels, _ in all_samples(text, "watchdog_etcd_peer_info")]
     version = info[0].get("version") if len(info) == 1 else None
@@ -499,13 +558,86 @@ async def test_daemon(backend: Backend, server_pool: ServerPool, seeded: set[str
     # The `backend` label comes with backend recognition: where it is exported, it must
     # name the server's kind.
     named = info[0].get("backend", backend.kind) if len(info) == 1 else None
-    ok = (up == 1 and not failures and named == backend.kind
+    page_up, fds = sample(text, "watchdog_etcd_metrics_up"), sample(text, "watchdog_etcd_open_fds")
+    # Its page answers where it has one (kine's own port, named by etcd.metrics_urls).
+    page_ok = (page_up is None and fds is None) if backend.metrics == "none" else \
+        (page_up == 1 and bool(fds))
+    ok = (up == 1 and not failures and named == backend.kind and page_ok
           and (expected_version is None or version == expected_version))
     compat.record(backend, "daemon", verdict("daemon", backend, ok),
                   f"peer_up {up}, version {version!r}, backend {named!r}, watch streams "
-                  f"{streams}, probe failures {failures or 'none'}")
+                  f"{streams}, metrics_up {page_up}, open fds {fds}, probe failures "
+                  f"{failures or 'none'}")
+    assert page_ok, (page_up, fds)
     assert up == 1
     assert not failures, failures
     assert named == backend.kind, info
     if expected_version is not None:
         assert version == expected_version, info
+
+
+async def check_no_tripwire(backend: Backend, proc: WatchdogProcess,
+                            compat: CompatResults) -> None:
+    """No watch count: the wire's series are absent and the page says "not available"."""
+    text = await asyncio.to_thread(proc.metrics)
+    present = [name for name in ("watchdog_etcd_watch_streams", "watchdog_etcd_watch_tripwire",
+                                 "watchdog_etcd_watch_streams_steady_state")
+               if all_samples(text, name)]
+    status, page = await asyncio.to_thread(http_get, proc.url + "/")
+    said = f"not available on {backend.kind}" in page
+    warming = "warming up" in page
+    compat.record(backend, "tripwire", "no" if not present and said and not warming else "fail",
+                  f"no watch count: series {present or 'absent'}; status page says "
+                  f"{'not available on ' + backend.kind if said else 'no not-available'}"
+                  f"{', warming up' if warming else ''}")
+    assert status == 200
+    assert not present, present
+    assert said and not warming, page[:2000]
+
+
+async def check_tripwire(backend: Backend, server: Server, proc: WatchdogProcess,
+                         compat: CompatResults, healthy: list[Target], promtool: str,
+                         workdir: Path) -> None:
+    """SURGE more watches trip the wire (and the alert over the pages); closed, it clears."""
+    steady = sample(proc.metrics(), "watchdog_etcd_watch_streams_steady_state")
+    surge = await watch_as_reader(server, SURGE)
+    started = time.monotonic()
+    try:
+        def tripped() -> str | None:
+            text = proc.metrics()
+            return text if sample(text, "watchdog_etcd_watch_tripwire") == 1 else None
+
+        text = await wait_for(tripped, 10, "the trip wire tripped")
+        tripped_after = time.monotonic() - started
+        fired: list[str] | None = None
+        if backend is CONTROL:
+            # The same check that found the healthy run silent sees the surge (once: it
+            # costs a promtool run).
+            for target in healthy:
+                target.pages.append(text if target.job == "watchdog" else target.pages[-1])
+            fired = await asyncio.to_thread(firing, healthy, PAGE_GAP, promtool, workdir)
+    finally:
+        await surge.stop()
+    started = time.monotonic()
+
+    def wire() -> tuple[float | None, ...]:
+        text = proc.metrics()
+        ours = (sample(text, f"watchdog_etcd_watch_{name}")
+                for name in ("tripwire", "streams", "streams_steady_state"))
+        return (*ours, metric_watch_streams(server))
+
+    seen: list[tuple[float | None, ...]] = []
+    try:
+        await wait_for(lambda: seen.append(wire()) or seen[-1][0] == 0, 15,
+                       "the trip wire cleared after the surge")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; wire, streams, steady state, etcd's count: "
+                             f"{seen[-1] if seen else None}") from None
+    cleared_after = time.monotonic() - started
+    seen = fired is None or any(f.startswith("EtcdWatchConnectionsTripWire") for f in fired)
+    alert = "" if fired is None else \
+        f" (EtcdWatchConnectionsTripWire over the pages: {'fires' if seen else 'silent'})"
+    compat.record(backend, "tripwire", "yes" if seen else "fail",
+                  f"steady {steady:g}; {SURGE} more watches tripped it in {tripped_after:.1f}s"
+                  f"{alert}; closed, it cleared in {cleared_after:.1f}s")
+    assert seen, fired

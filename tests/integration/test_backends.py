@@ -181,6 +181,9 @@ async def test_kine(tmp_path: Path) -> None:
     with process(cmd, port, tmp_path):
         url = f"http://127.0.0.1:{port}"
         first, second = await polls(url)
+        # Its own page, where the config names it (etcd.metrics_urls).
+        page = f"http://127.0.0.1:{metrics_port}/metrics"
+        named = await polls(url, cfg=config(url, metrics_urls={url: page}))
     for poll in (first, second):
         assert poll.up and poll.backend == KINE, poll
         assert poll.version == ""  # kine only emulates an etcd version
@@ -189,6 +192,12 @@ async def test_kine(tmp_path: Path) -> None:
         assert {r.api for r in poll.probes} == {"grpc"} and all(r.ok for r in poll.probes)
         assert poll.member_id == "" and poll.is_leader is None
         assert poll.metrics_up is None
+    for poll in named:
+        assert poll.up and poll.backend == KINE, poll
+        assert poll.metrics_up is True and poll.metrics is not None, poll.metrics_reason
+        # kine's families: its process_* gauges reach the peer's fds; no watch count.
+        assert poll.metrics.open_fds and poll.metrics.max_fds, poll.metrics
+        assert poll.metrics.watch_streams is None and WATCH_STREAMS in poll.unavailable
 
 
 @pytest.mark.fault(

@@ -521,3 +521,18 @@ def test_endpoints_may_carry_a_name(tmp_path: Path) -> None:
     assert "required key" in found["etcd.endpoints[3].name"]
     assert "pattern" in found["etcd.endpoints[4].name"]
     assert "etcd.endpoints[5]" in found and "etcd.interval" in found  # all in one pass
+
+
+def test_metrics_urls_name_a_peers_own_page(tmp_path: Path) -> None:
+    data = {"etcd": {"endpoints": ["http://127.0.0.1:2379"], "metrics_urls": {
+        "http://127.0.0.1:2379/": "http://127.0.0.1:8080/metrics", "kine-2": "https://k:9/metrics"}}}
+    etcd = load_config(write(tmp_path, data)).etcd
+    assert etcd.metrics_url_for("p", "http://127.0.0.1:2379") == "http://127.0.0.1:8080"
+    assert etcd.metrics_url_for("kine-2", "http://127.0.0.1:2379") == "https://k:9"
+    assert etcd.metrics_url_for("kine-3", "http://x:1") is None
+    data["etcd"]["metrics_urls"] = {"kine-2": "http://k:8080/", "kine-3": "ftp://k/metrics",
+                                    "kine-4": "http://u:pw@k:1/metrics"}
+    found = problems(tmp_path, data)
+    assert "ends in /metrics" in found["etcd.metrics_urls.kine-2"]
+    assert "http:// or https://" in found["etcd.metrics_urls.kine-3"]
+    assert "credentials" in found["etcd.metrics_urls.kine-4"] and "pw" not in str(found)

@@ -16,6 +16,7 @@ from watchdog.etcd.backend import (
     ETCD,
     GRPC,
     JSON,
+    KINE,
     LEADER,
     MEMBER_ID,
     MEMBER_LIST,
@@ -217,13 +218,15 @@ async def poll_peer(
     # After a poll without an answer, ask everything once more: it may be another server.
     verify = known is None or facts.verify
     skip = frozenset() if verify or known is None else known.unavailable
+    # A page the config names (kine's own port) is read whatever the backend.
+    page_url = config.metrics_url_for(target.name, target.url)
 
     async def scrape_page() -> tuple[PeerMetrics | None, ProbeResult | None, frozenset[str]]:
         # Parsed as soon as it arrives, so the page (~150 KB) is not held while the probes
         # finish: with hundreds of peers polled at once that is tens of MB of peak RSS.
-        if METRICS in skip:
+        if METRICS in skip and page_url is None:
             return None, None, frozenset()
-        scrape, page = await http.metrics_page(target.url, timeout=timeout,
+        scrape, page = await http.metrics_page(page_url or target.url, timeout=timeout,
                                                max_bytes=config.max_metrics_bytes)
         if not scrape.ok or page is None:
             return None, scrape, frozenset()
@@ -268,12 +271,14 @@ async def poll_peer(
     unavailable = identity.unavailable
     probes = [r for r in probes if r.api not in unavailable]
 
-    if metrics is not None and not is_etcd_page(families):
+    kine_page = page_url is not None and identity.backend == KINE and any(
+        f.startswith("kine_") for f in families)
+    if metrics is not None and not is_etcd_page(families) and not kine_page:
         # Prometheus text, but not etcd's (another exporter on that port): not a peer page.
         metrics, scrape = None, _failed(scrape, "no etcd metric families on the page")
     metrics_up: bool | None = None
     metrics_reason: Reason | None = None
-    if METRICS not in unavailable:
+    if METRICS not in unavailable or page_url is not None:
         metrics_up = metrics is not None
         if not metrics_up:
             metrics_reason = scrape.reason if scrape is not None and scrape.reason else \

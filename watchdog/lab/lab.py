@@ -14,6 +14,14 @@ import yaml
 
 from watchdog.lab.cluster import EtcdCluster, free_port
 from watchdog.lab.gateway_sim import GatewaySim, SimConfig
+from watchdog.lab.servers import ServerChoice, ShimCluster
+
+# Why no simulated gateway runs on a shim: APISIX (lua-resty-etcd), and so the simulator,
+# talk to etcd through the JSON gateway with HTTP watch long-polls.
+NO_GATEWAYS_ON = {
+    "kine": "kine serves gRPC only, no JSON gateway",
+    "antietcd": "antietcd has no HTTP watch (POST /v3/watch)",
+}
 
 
 @dataclass
@@ -35,6 +43,7 @@ class LabSpec:
     warmup: str = "1m"
     hold: str = "30s"
     smoke_interval: str = "30s"
+    server: ServerChoice | None = None  # None: etcd as find_etcd() finds it
 
 
 class Lab:
@@ -44,7 +53,7 @@ class Lab:
         self.spec = spec
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="watchdog-lab-"))
-        self.cluster: EtcdCluster | None = None
+        self.cluster: EtcdCluster | ShimCluster | None = None
         self.sims: list[GatewaySim] = []
         self.admin_key = secrets.token_hex(16)
         self.config_path = self.workdir / "watchdog.yml"
@@ -56,8 +65,18 @@ class Lab:
     async def start(self) -> Lab:
         spec = self.spec
         try:
-            self.cluster = EtcdCluster(size=spec.members, tls=spec.tls, auth=spec.auth,
-                                       workdir=self.workdir / "etcd")
+            choice = spec.server
+            if choice is None or choice.kind == "etcd":
+                self.cluster = EtcdCluster(size=spec.members, tls=spec.tls, auth=spec.auth,
+                                           binary=choice.binary if choice else None,
+                                           workdir=self.workdir / "etcd")
+            else:
+                if spec.gateways:
+                    raise ValueError(f"no simulated gateway runs on {choice.kind}: "
+                                     f"{NO_GATEWAYS_ON[choice.kind]}; use --gateways 0")
+                # Plain HTTP, no etcd auth: what the lab sets up for the shims.
+                spec.tls = spec.auth = False
+                self.cluster = ShimCluster(choice, self.workdir / choice.kind)
             await asyncio.to_thread(self.cluster.start)
             key_file = self.workdir / "admin.key"
             key_file.write_text(self.admin_key + "\n")
@@ -93,6 +112,12 @@ class Lab:
             "endpoints": [self.cluster.members[0].client_url],
             "interval": spec.interval, "timeout": spec.timeout,
         }
+        if isinstance(self.cluster, ShimCluster):
+            # antietcd has no member list to discover the others from.
+            etcd["endpoints"] = [m.client_url for m in self.cluster.members]
+            if self.cluster.metrics_url:
+                etcd["metrics_urls"] = {self.cluster.members[0].client_url:
+                                        self.cluster.metrics_url}
         if spec.tls:
             etcd["tls"] = {"ca_file": self._ca_file()}
         if spec.auth:
@@ -130,10 +155,16 @@ class Lab:
         assert self.cluster is not None
         lines = [f"lab directory: {self.workdir}"]
         tls = " (TLS, CA " + str(self._ca_file()) + ")" if self.spec.tls else ""
-        lines.append(f"etcd {self.cluster.version}, {self.spec.members} member(s){tls}:")
+        if isinstance(self.cluster, ShimCluster):
+            lines.append(f"{self.cluster.version}, {len(self.cluster.members)} member(s), plain "
+                         f"HTTP (no simulated gateways: "
+                         f"{NO_GATEWAYS_ON[self.cluster.choice.kind]}):")
+        else:
+            lines.append(f"etcd {self.cluster.version}, {self.spec.members} member(s){tls}:")
         lines += [f"  {m.name}: {m.client_url}" for m in self.cluster.members]
-        lines.append(f"gateways ({self.spec.sync_mode} sync, {self.spec.workers} workers each; "
-                     f"admin key in {self.workdir / 'admin.key'}):")
+        if self.sims:
+            lines.append(f"gateways ({self.spec.sync_mode} sync, {self.spec.workers} workers "
+                         f"each; admin key in {self.workdir / 'admin.key'}):")
         for sim in self.sims:
             faults = f" faults={','.join(sorted(sim.faults))}" if sim.faults else ""
             lines.append(f"  {sim.config.name}: admin {sim.admin_url}  data {sim.data_url}  "
@@ -197,7 +228,7 @@ async def run_lab(spec: LabSpec, with_watchdog: bool, out: Any = print,
         loop.add_signal_handler(sig, stop.set)
     lab = Lab(spec)
     try:
-        out("starting the lab: etcd members and simulated gateways ...")
+        out("starting the lab: the etcd server and simulated gateways ...")
         await lab.start()
         for line in lab.describe():
             out(line)
