@@ -82,7 +82,8 @@ class Lab:
             key_file.write_text(self.admin_key + "\n")
             key_file.chmod(0o600)
             for i, name in enumerate(self.gateway_names):
-                # Each gateway talks to one member, so the expected fan-out is exact.
+                # Each gateway talks to one member, so its fan-out lands on that peer (one
+                # watch per worker: the simulator has no privileged agent, docs/lab.md).
                 member = self.cluster.members[i % len(self.cluster.members)]
                 sim = GatewaySim(SimConfig(
                     name=name, etcd_endpoints=[member.client_url],
