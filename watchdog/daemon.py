@@ -54,7 +54,9 @@ class Daemon:
         self.reducer = Reducer(config, self.tripwire, clock)
         self.registry, self.metrics = make_registry(registry)
         self.renderer = Renderer(self.registry,
-                                 [SnapshotCollector(self.snapshot), self.metrics.tasks],
+                                 [SnapshotCollector(self.snapshot,
+                                                    lambda: self.config.etcd.mirror_histograms),
+                                  self.metrics.tasks],
                                  self.snapshot, config.etcd.interval, self.metrics.renders.inc)
         self.state = StateStore(Path(config.state_dir), validate=saved_state_problem)
         self.etcd = self._etcd_job()
