@@ -389,7 +389,7 @@ def fleet() -> dm.Dashboard:
             target(f"watchdog_etcd_client_connections_steady_state{{{P}}}",
                    "{{peer}} connections steady state"),
             target(f"watchdog_etcd_watch_streams{{{P}}}", "{{peer}} streams"),
-            target(f"watchdog_etcd_connections_without_stream{{{P}}}",
+            target(f"watchdog_etcd_client_connections{{{P}}} - watchdog_etcd_watch_streams{{{P}}}",
                    "{{peer}} connections without a stream"),
         ],
         unit="short",
@@ -407,13 +407,12 @@ def fleet() -> dm.Dashboard:
     ), 12, 8)
     b.add(timeseries(
         "Watchers and slow watchers",
-        "Watchers registered, unsynced (slow) watchers, and gRPC Watch streams open. Slow "
+        "Watchers registered and unsynced (slow) watchers. Slow "
         "watchers that never drop to 0 mean the watch system is overloaded. What to do: "
         + runbook("etcdslowwatchers"),
         [
             target(f"watchdog_etcd_watchers{{{P}}}", "{{peer}} watchers"),
             target(f"watchdog_etcd_slow_watchers{{{P}}}", "{{peer}} slow watchers"),
-            target(f"watchdog_etcd_grpc_watch_streams_open{{{P}}}", "{{peer}} gRPC watch streams"),
         ],
         unit="short",
         min_=0,
@@ -448,7 +447,7 @@ def fleet() -> dm.Dashboard:
         )],
         unit="ops",
         min_=0,
-    ), 8)
+    ), 12)
     b.add(timeseries(
         "Last probe succeeded",
         "1 if the last probe through each API succeeded. What to do when json stays at 0 and "
@@ -456,18 +455,7 @@ def fleet() -> dm.Dashboard:
         [target(f"min by (peer, api) (watchdog_etcd_probe_success{{{P}}})", "{{peer}} {{api}}")],
         unit="bool_yes_no",
         min_=0,
-    ), 8)
-    b.add(timeseries(
-        "JSON probe phases (last probe)",
-        "Where the last JSON-gateway probe spent its time. A long processing phase after a "
-        "fast connect is the stream-limit queue. What to do then: "
-        + runbook("etcdjsongatewaystalled"),
-        [target(f"max by (peer, phase) (watchdog_etcd_probe_phase_seconds{{{P}}})",
-                "{{peer}} {{phase}}")],
-        unit="s",
-        stack=True,
-        draw=cm.GraphDrawStyle.BARS,
-    ), 8)
+    ), 12)
 
     b.row("Storage and disk")
     b.add(timeseries(
@@ -491,7 +479,9 @@ def fleet() -> dm.Dashboard:
     ):
         b.add(timeseries(
             name,
-            f"p99 from the histogram mirrored from etcd. etcd recommends < {rec * 1000:g} ms. "
+            f"p99 from the histogram mirrored from etcd (only with etcd.mirror_histograms: "
+            "true; etcd's own scrape has the same histogram without the copy). etcd "
+            f"recommends < {rec * 1000:g} ms. "
             "What to do above it: move etcd to a faster, unshared disk. " + runbook(anchor),
             [target(f"histogram_quantile(0.99, sum by (peer, le) (rate({metric}_bucket{{{P}}}[{RI}])))",
                     "{{peer}}")],
@@ -511,15 +501,7 @@ def fleet() -> dm.Dashboard:
         unit="short",
         min_=0,
         overrides=[style(".* limit", color="red")],
-    ), 12)
-    b.add(timeseries(
-        "Revision",
-        "etcd revision seen by the last successful read probe on each peer. A peer whose line "
-        "stops while the others climb is not serving reads. What to do then: "
-        + runbook("etcdpeerprobesfailing"),
-        [target(f"max by (peer) (watchdog_etcd_revision{{{P}}})", "{{peer}}")],
-        unit="short",
-    ), 12)
+    ), 24)
 
     b.row("watchdog itself")
     b.add(timeseries(
@@ -531,7 +513,7 @@ def fleet() -> dm.Dashboard:
                 "{{task}} {{outcome}}")],
         unit="ops",
         min_=0,
-    ), 8)
+    ), 12)
     b.add(timeseries(
         "Job duration (last run)",
         "Wall time of each job's last run. What to do when one nears its interval: raise the "
@@ -539,15 +521,7 @@ def fleet() -> dm.Dashboard:
         [target(f"max without (instance) (watchdog_job_duration_seconds{{{W}}})", "{{task}}")],
         unit="s",
         min_=0,
-    ), 8)
-    b.add(timeseries(
-        "Peer poll duration (last poll)",
-        "Wall time of the last poll of each peer's /metrics. What to do when it nears the "
-        "timeout: check the peer's load and the network to it. " + runbook("etcdpeerdown"),
-        [target(f"watchdog_etcd_poll_duration_seconds{{{P}}}", "{{peer}}")],
-        unit="s",
-        min_=0,
-    ), 8)
+    ), 12)
     b.annotate("Trip wire", f"max by (peer) (watchdog_etcd_watch_tripwire{{{P}}}) == 1")
     return b.build()
 
@@ -602,7 +576,7 @@ def gateways() -> dm.Dashboard:
         )],
         unit="ops",
         min_=0,
-    ), 8)
+    ), 12)
     b.add(timeseries(
         "Last admin call succeeded",
         "1 if the last admin call succeeded. What to do at 0: " + runbook("gatewayadminfailing"),
@@ -610,17 +584,7 @@ def gateways() -> dm.Dashboard:
                 "{{gateway}} {{call}}")],
         unit="bool_yes_no",
         min_=0,
-    ), 8)
-    b.add(timeseries(
-        "Admin call phases (last call)",
-        "Where the last admin call spent its time. What to do when the processing phase "
-        "dominates: the gateway waits on etcd, see " + runbook("gatewayadminslow"),
-        [target(f"max by (gateway, phase) (watchdog_gateway_admin_phase_seconds{{{G}}})",
-                "{{gateway}} {{phase}}")],
-        unit="s",
-        stack=True,
-        draw=cm.GraphDrawStyle.BARS,
-    ), 8)
+    ), 12)
 
     b.row("Config sync")
     b.add(stat(

@@ -191,9 +191,6 @@ PEER_FAMILIES: dict[str, tuple[str, str]] = {
     "watchdog_etcd_client_connections_by_remote": (
         G, "Established client connections by remote address (top N, rest under "
            "remote=\"other\"). One remote growing without bound is a leaking client."),
-    "watchdog_etcd_connections_without_stream": (
-        G, "Client connections minus watch streams. Positive and growing: connections leak; "
-           "negative: streams multiplexed on fewer connections."),
     "watchdog_etcd_expected_watch_streams": (
         G, "Watch streams the gateway inventory predicts on this peer (workers x watched "
            "prefixes, or workers for APISIX >= 3.4)."),
@@ -350,10 +347,6 @@ class SnapshotCollector(Collector):
                     out["watchdog_etcd_client_connections_by_remote"].append(
                         f'watchdog_etcd_client_connections_by_remote{{{lp},'
                         f'remote="{_lv(remote)}"}} {_num(count)}')
-                if m is not None and m.watch_streams is not None:
-                    out["watchdog_etcd_connections_without_stream"].append(
-                        f"watchdog_etcd_connections_without_stream{{{lp}}} "
-                        f"{_num(conns.total - m.watch_streams)}")
             if p.expected_streams is not None:
                 out["watchdog_etcd_expected_watch_streams"].append(
                     f"watchdog_etcd_expected_watch_streams{{{lp}}} {_num(p.expected_streams)}")

@@ -66,9 +66,12 @@ MAY_BE_EMPTY = {
     "watchdog_gateway_ready",  # no status_url configured
     "watchdog_gateway_etcd_reachable",  # no metrics_url configured
     "watchdog_finding",  # no open finding
+    "watchdog_etcd_wal_fsync_duration_seconds",  # only with etcd.mirror_histograms: true
+    "watchdog_etcd_backend_commit_duration_seconds",  # only with etcd.mirror_histograms: true
 }
 # Of those, the ones that stay absent on the healthy lab of the end-to-end test.
-EMPTY_WHEN_HEALTHY = {"watchdog_finding"}
+EMPTY_WHEN_HEALTHY = {"watchdog_finding", "watchdog_etcd_wal_fsync_duration_seconds",
+                      "watchdog_etcd_backend_commit_duration_seconds"}
 # Annotation queries only return data while something is wrong.
 TARGET_LABELS = {"job", "instance"}
 
