@@ -513,7 +513,7 @@ def fleet() -> dm.Dashboard:
                 "{{task}} {{outcome}}")],
         unit="ops",
         min_=0,
-    ), 12)
+    ), 8)
     b.add(timeseries(
         "Job duration (last run)",
         "Wall time of each job's last run. What to do when one nears its interval: raise the "
@@ -521,7 +521,15 @@ def fleet() -> dm.Dashboard:
         [target(f"max without (instance) (watchdog_job_duration_seconds{{{W}}})", "{{task}}")],
         unit="s",
         min_=0,
-    ), 12)
+    ), 8)
+    b.add(timeseries(
+        "Peer poll duration (last poll)",
+        "Wall time of the last poll of each peer's /metrics. What to do when it nears the "
+        "timeout: check the peer's load and the network to it. " + runbook("etcdpeerdown"),
+        [target(f"watchdog_etcd_poll_duration_seconds{{{P}}}", "{{peer}}")],
+        unit="s",
+        min_=0,
+    ), 8)
     b.annotate("Trip wire", f"max by (peer) (watchdog_etcd_watch_tripwire{{{P}}}) == 1")
     return b.build()
 

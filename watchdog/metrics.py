@@ -46,17 +46,9 @@ class WatchdogMetrics:
         # Per task (one or two per gateway: thousands of series in a large fleet), and they
         # change only when a task runs: rendered once per poll cycle with the snapshot, not
         # at every scrape (see watchdog.render).
-        self.tasks = CollectorRegistry(auto_describe=False)
-        self.job_runs = Counter(
-            "watchdog_job_runs",
-            "Runs of each polling task by outcome: success; failed (it ran but observed nothing, "
-            "e.g. no etcd peer answered); timeout; error (it crashed).",
-            ["task", "outcome"], registry=self.tasks,
-        )
-        self.job_duration = Gauge(
-            "watchdog_job_duration_seconds",
-            "Wall time of the task's last run.", ["task"], registry=self.tasks,
-        )
+        self.tasks = TaskRegistry()
+        self.job_runs = self.tasks.job_runs
+        self.job_duration = self.tasks.job_duration
         self.state_save_failures = Counter(
             "watchdog_state_save_failures",
             "Failed writes of the learned steady states to state_dir (check disk and "
@@ -74,6 +66,12 @@ class WatchdogMetrics:
         self.build_info.labels(__version__, platform.python_version()).set(1)
 
     def add_job(self, job: str) -> None:
+        """Pre-creates the outcomes WatchdogJobFailing reads, for the process-wide tasks
+        (etcd, state). The per-gateway tasks (`gateway:<name>`, `smoke:<name>`: two per
+        gateway) get a series when an outcome first happens, so a gateway costs its task
+        series only for what its tasks did."""
+        if ":" in job:
+            return
         for outcome in ("success", "failed", "timeout", "error"):
             self.job_runs.labels(job, outcome)
 
@@ -134,6 +132,74 @@ class Page:
 
     def text(self) -> str:
         return "".join(self.parts)
+
+
+class _Child:
+    """One labelled series of a TaskSeries (the prometheus_client calls the scheduler uses)."""
+
+    __slots__ = ("key", "store")
+
+    def __init__(self, store: dict[tuple[str, ...], float], key: tuple[str, ...]) -> None:
+        self.store = store
+        self.key = key
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.store[self.key] = self.store.get(self.key, 0.0) + amount
+
+    def set(self, value: float) -> None:
+        self.store[self.key] = value
+
+
+class TaskSeries:
+    """A counter or gauge family kept as a plain dict, written straight to text."""
+
+    def __init__(self, name: str, kind: str, doc: str, labelnames: tuple[str, ...]) -> None:
+        self.name, self.kind, self.doc, self.labelnames = name, kind, doc, labelnames
+        self.sample = name + "_total" if kind == C else name
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def labels(self, *values: str) -> _Child:
+        key = tuple(str(v) for v in values)
+        self.values.setdefault(key, 0.0)
+        return _Child(self.values, key)
+
+    def write(self, page: Page) -> None:
+        items = sorted(self.values.items())  # a copy: the event loop may add a series meanwhile
+        names = self.labelnames
+        page.family(self.name, self.kind, self.doc, [
+            self.sample + "{" + ",".join(f'{n}="{_lv(v)}"' for n, v in zip(names, key,
+                                                                           strict=True))
+            + "} " + _num(value) for key, value in items])
+
+
+class _TaskCollector(Collector):
+    def __init__(self, owner: TaskRegistry) -> None:
+        self.owner = owner
+
+    def collect(self) -> Iterator[Metric]:
+        yield from text_string_to_metric_families(self.owner.render(None))
+
+
+class TaskRegistry(CollectorRegistry):
+    """The per-task series (one or two tasks per gateway: thousands of series in a large
+    fleet). They change only when a task runs, so the renderer writes them once per cycle
+    with the snapshot, as text; as a registry they also answer get_sample_value."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=False)
+        self.job_runs = TaskSeries(
+            "watchdog_job_runs", C,
+            "Runs of each polling task by outcome: success; failed (it ran but observed nothing, "
+            "e.g. no etcd peer answered); timeout; error (it crashed).", ("task", "outcome"))
+        self.job_duration = TaskSeries(
+            "watchdog_job_duration_seconds", G, "Wall time of the task's last run.", ("task",))
+        self.register(_TaskCollector(self))
+
+    def render(self, snap: Snapshot | None, openmetrics: bool = False) -> str:
+        page = Page(openmetrics)
+        self.job_runs.write(page)
+        self.job_duration.write(page)
+        return page.text()
 
 
 def _histogram(lines: list[str], name: str, labels: str, latency: Latency) -> None:
@@ -218,6 +284,7 @@ PEER_FAMILIES: dict[str, tuple[str, str]] = {
     "watchdog_etcd_db_quota_bytes": (G, "etcd backend quota; at the quota etcd refuses writes."),
     "watchdog_etcd_open_fds": (G, "File descriptors open in the etcd process."),
     "watchdog_etcd_max_fds": (G, "File descriptor limit of the etcd process."),
+    "watchdog_etcd_poll_duration_seconds": (G, "Wall time of the last poll of the peer."),
     "watchdog_etcd_probe_success": (G, "1 if the last read probe through this API succeeded."),
     "watchdog_etcd_probe_duration_seconds": (H, PROBE_DURATION_HELP),
     "watchdog_etcd_probe_failures": (C, PROBE_FAILURES_HELP),
@@ -313,6 +380,8 @@ class SnapshotCollector(Collector):
             for active in p.alarms:
                 out["watchdog_etcd_alarm"].append(
                     f'watchdog_etcd_alarm{{{lp},alarm="{_lv(active)}"}} 1')
+            out["watchdog_etcd_poll_duration_seconds"].append(
+                f"watchdog_etcd_poll_duration_seconds{{{lp}}} {_num(p.poll_duration)}")
             if p.is_leader is not None:
                 out["watchdog_etcd_peer_is_leader"].append(
                     f"watchdog_etcd_peer_is_leader{{{lp}}} {_bool(p.is_leader)}")
