@@ -210,7 +210,8 @@ def _histogram(lines: list[str], name: str, labels: str, latency: Latency) -> No
         running += n
         lines.append(f"{name}_bucket{{{labels}{le}}} {running}")
     lines.append(f"{name}_bucket{{{labels}{les[-1]}}} {latency.count}")
-    lines.append(f"{name}_sum{{{labels[:-1]}}} {_num(latency.total)}")
+    # microseconds are all a timer here resolves; the rest of a float sum is noise and bytes
+    lines.append(f"{name}_sum{{{labels[:-1]}}} {_num(round(latency.total, 6))}")
     lines.append(f"{name}_count{{{labels[:-1]}}} {latency.count}")
 
 
