@@ -87,14 +87,26 @@ _INF = float("inf")
 _SPECIAL = {"inf": "+Inf", "-inf": "-Inf", "nan": "NaN"}
 
 
-def _num(value: float) -> str:
-    """A sample value as the exposition formats write it (integers without a fraction)."""
+def _format(value: float) -> str:
     if value.__class__ is int:
         return str(value)
     text = repr(float(value))
     if text[-1] in "fn":
         return _SPECIAL[text]
     return text[:-2] if text.endswith(".0") else text
+
+
+_NUMS: dict[float, str] = {}  # the same few values recur on every render (0, 1, quotas...)
+
+
+def _num(value: float) -> str:
+    """A sample value as the exposition formats write it (integers without a fraction)."""
+    text = _NUMS.get(value)
+    if text is None:
+        text = _format(value)
+        if len(_NUMS) < 1 << 16:
+            _NUMS[value] = text
+    return text
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -157,6 +169,7 @@ class TaskSeries:
         self.name, self.kind, self.doc, self.labelnames = name, kind, doc, labelnames
         self.sample = name + "_total" if kind == C else name
         self.values: dict[tuple[str, ...], float] = {}
+        self._heads: dict[tuple[str, ...], str] = {}  # name and labels of each series, made once
 
     def labels(self, *values: str) -> _Child:
         key = tuple(str(v) for v in values)
@@ -165,11 +178,15 @@ class TaskSeries:
 
     def write(self, page: Page) -> None:
         items = sorted(self.values.items())  # a copy: the event loop may add a series meanwhile
-        names = self.labelnames
-        page.family(self.name, self.kind, self.doc, [
-            self.sample + "{" + ",".join(f'{n}="{_lv(v)}"' for n, v in zip(names, key,
-                                                                           strict=True))
-            + "} " + _num(value) for key, value in items])
+        heads = self._heads
+        lines = []
+        for key, value in items:
+            head = heads.get(key)
+            if head is None:
+                head = heads[key] = self.sample + "{" + ",".join(
+                    f'{n}="{_lv(v)}"' for n, v in zip(self.labelnames, key, strict=True)) + "} "
+            lines.append(head + _num(value))
+        page.family(self.name, self.kind, self.doc, lines)
 
 
 class _TaskCollector(Collector):
@@ -203,13 +220,14 @@ class TaskRegistry(CollectorRegistry):
 
 
 def _histogram(lines: list[str], name: str, labels: str, latency: Latency) -> None:
-    """Bucket, sum and count lines of one histogram; `labels` ends with a comma or is empty."""
+    """Bucket, sum and count lines of one histogram; `labels` ends with a comma."""
     running = 0
+    bucket = f"{name}_bucket{{{labels}"
     les = _le_labels(latency.bounds)
     for le, n in zip(les, latency.counts, strict=False):
         running += n
-        lines.append(f"{name}_bucket{{{labels}{le}}} {running}")
-    lines.append(f"{name}_bucket{{{labels}{les[-1]}}} {latency.count}")
+        lines.append(f"{bucket}{le}}} {running}")
+    lines.append(f"{bucket}{les[-1]}}} {latency.count}")
     # microseconds are all a timer here resolves; the rest of a float sum is noise and bytes
     lines.append(f"{name}_sum{{{labels[:-1]}}} {_num(round(latency.total, 6))}")
     lines.append(f"{name}_count{{{labels[:-1]}}} {latency.count}")
