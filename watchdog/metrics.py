@@ -97,6 +97,7 @@ def _format(value: float) -> str:
 
 
 _NUMS: dict[float, str] = {}  # the same few values recur on every render (0, 1, quotas...)
+_NUMS_MAX = 4096  # then start afresh: sums and timestamps change and must not pile up
 
 
 def _num(value: float) -> str:
@@ -104,8 +105,9 @@ def _num(value: float) -> str:
     text = _NUMS.get(value)
     if text is None:
         text = _format(value)
-        if len(_NUMS) < 1 << 16:
-            _NUMS[value] = text
+        if len(_NUMS) >= _NUMS_MAX:
+            _NUMS.clear()
+        _NUMS[value] = text
     return text
 
 

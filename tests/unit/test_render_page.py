@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from prometheus_client.openmetrics.parser import (
@@ -18,8 +19,13 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fleet import fleet_snapshot, series_per_target
-from watchdog.metrics import SnapshotCollector, TaskRegistry
+from watchdog.config import Config, ConfigError, config_from_dict
+from watchdog.daemon import Daemon
+from watchdog.metrics import SnapshotCollector, TaskRegistry, make_registry
+from watchdog.render import Renderer
 from watchdog.snapshot import Snapshot
+
+REPO = Path(__file__).resolve().parents[2]
 
 # Names a member may carry: every character the formats must escape, and more.
 AWKWARD = ['back\\slash', 'quo"te', 'new\nline', 'all \\"\n of them', 'ünïcødé', 'plain']
@@ -97,3 +103,62 @@ def test_promtool_accepts_the_page() -> None:
         done = subprocess.run([promtool, "check", "metrics"], input=page, text=True,
                               capture_output=True, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+# Default families read by neither a dashboard nor an alert, and why they stay.
+NOT_ON_A_BOARD = {
+    "watchdog_snapshot_cycle": "one per process: which snapshot a scrape shows",
+    "watchdog_snapshot_timestamp_seconds": "one per process: the age of what /metrics shows",
+    "watchdog_etcd_peer_poll_cycle": "the cycle of a peer's series: scrapes are checked "
+                                     "against it (test_snapshot_consistency)",
+    "watchdog_etcd_poll_failures": "only once a poll failed (no series at 0)",
+}
+
+
+def test_every_default_family_is_read_by_a_dashboard_or_an_alert(fleet: Snapshot) -> None:
+    readers = "\n".join(p.read_text() for p in (
+        *REPO.glob("dashboards/*.json"), *REPO.glob("alerts/*.rules.yml")))
+    read = set(re.findall(r"watchdog_[a-z_]+", readers))
+    families = {f.name for f in text_string_to_metric_families(render(fleet))}
+    unread = {f for f in families
+              if not {f, f + "_total", f + "_bucket"} & read and f not in NOT_ON_A_BOARD}
+    assert not unread, f"series nobody reads: add them to a dashboard or alert, or drop them: " \
+                       f"{sorted(unread)}"
+
+
+def test_mirror_histograms_is_a_config_key_the_daemon_reads(tmp_path: Path) -> None:
+    def config(value: object) -> Config:
+        return config_from_dict({"etcd": {"endpoints": ["http://127.0.0.1:2379"],
+                                          "mirror_histograms": value},
+                                 "state_dir": str(tmp_path)})
+
+    with pytest.raises(ConfigError) as err:
+        config("maybe")
+    assert any(key == "etcd.mirror_histograms" for key, _ in err.value.details)
+    assert config_from_dict({"etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+                             "state_dir": str(tmp_path)}).etcd.mirror_histograms is False
+    daemon = Daemon(config(True))
+    try:
+        writer = daemon.renderer.writers[0]
+        assert isinstance(writer, SnapshotCollector) and writer.mirror_histograms() is True
+        daemon.config = config(False)  # a reload swaps the config; the page follows it
+        assert writer.mirror_histograms() is False
+    finally:
+        daemon.renderer.close()
+
+
+async def test_the_whole_openmetrics_page_parses(fleet: Snapshot) -> None:
+    registry, metrics = make_registry()
+    metrics.add_job("etcd")
+    metrics.job_runs.labels("smoke:gw-0", "timeout").inc()
+    renderer = Renderer(registry, [SnapshotCollector(lambda: fleet), metrics.tasks],
+                        lambda: fleet, min_interval=5.0)
+    try:
+        body, content_type = await renderer.scrape(openmetrics=True)
+    finally:
+        renderer.close()
+    assert content_type.startswith("application/openmetrics-text")
+    families = {f.name: f for f in parse_openmetrics(body.decode())}
+    assert families["watchdog_job_runs"].type == "counter"
+    assert families["watchdog_etcd_probe_duration_seconds"].type == "histogram"
+    assert "process_cpu_seconds" in families  # the live part, after the per-cycle part
