@@ -231,7 +231,7 @@ def _histogram(lines: list[str], name: str, labels: str, latency: Latency) -> No
         lines.append(f"{bucket}{le}}} {running}")
     lines.append(f"{bucket}{les[-1]}}} {latency.count}")
     # microseconds are all a timer here resolves; the rest of a float sum is noise and bytes
-    lines.append(f"{name}_sum{{{labels[:-1]}}} {_num(round(latency.total, 6))}")
+    lines.append(f"{name}_sum{{{labels[:-1]}}} {_format(round(latency.total, 6))}")
     lines.append(f"{name}_count{{{labels[:-1]}}} {latency.count}")
 
 
