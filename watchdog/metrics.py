@@ -129,12 +129,16 @@ def _le_labels(bounds: tuple[float, ...]) -> tuple[str, ...]:
 class Page:
     """One page being written, in the Prometheus text format or OpenMetrics."""
 
-    def __init__(self, openmetrics: bool = False) -> None:
+    def __init__(self, openmetrics: bool = False,
+                 keep: Callable[[str], bool] | None = None) -> None:
         self.openmetrics = openmetrics
+        self.keep = keep  # which families go out (by family name); None: all
         self.parts: list[str] = []
 
     def family(self, name: str, kind: str, doc: str, samples: list[str]) -> None:
         """HELP and TYPE, then the samples (full lines without the newline)."""
+        if self.keep is not None and not self.keep(name):
+            return
         typed = name + "_total" if kind == "counter" and not self.openmetrics else name
         doc = doc.replace("\\", "\\\\").replace("\n", "\\n")
         if self.openmetrics:
@@ -355,9 +359,13 @@ class SnapshotCollector(Collector):
     """
 
     def __init__(self, latest: Callable[[], Snapshot],
-                 mirror_histograms: Callable[[], bool] = lambda: False) -> None:
+                 mirror_histograms: Callable[[], bool] = lambda: False,
+                 exported: Callable[[str], bool] | None = None) -> None:
         self.latest = latest
         self.mirror_histograms = mirror_histograms
+        # A filter on family names (counters without _total), e.g. what a per-host agent
+        # exports; applied while writing, so no family is built only to be dropped.
+        self.exported = exported
 
     def collect(self) -> Iterator[Metric]:
         """The same page as metric families (for registries and tests; the web server uses
@@ -366,7 +374,7 @@ class SnapshotCollector(Collector):
 
     def render(self, snap: Snapshot, openmetrics: bool = False) -> str:
         """Every peer and gateway series of one snapshot, as exposition text."""
-        page = Page(openmetrics)
+        page = Page(openmetrics, self.exported)
         page.family("watchdog_snapshot_cycle", G,
                     "Number of etcd poll cycles applied; every peer series in a scrape comes "
                     "from the one snapshot with this number.",

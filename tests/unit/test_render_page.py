@@ -162,3 +162,11 @@ async def test_the_whole_openmetrics_page_parses(fleet: Snapshot) -> None:
     assert families["watchdog_job_runs"].type == "counter"
     assert families["watchdog_etcd_probe_duration_seconds"].type == "histogram"
     assert "process_cpu_seconds" in families  # the live part, after the per-cycle part
+
+
+def test_a_family_filter_leaves_out_whole_families(fleet: Snapshot) -> None:
+    wanted = {"watchdog_etcd_watch_streams", "watchdog_etcd_probe_failures"}
+    snap = fleet
+    text = SnapshotCollector(lambda: snap, exported=lambda name: name in wanted).render(snap)
+    assert {f.name for f in text_string_to_metric_families(text)} == wanted
+    assert "watchdog_etcd_probe_failures_total{" in text
