@@ -259,11 +259,13 @@ def fleet() -> dm.Dashboard:
     ), 4, 5)
     b.add(stat(
         "Peers up",
-        "Peers whose /metrics watchdog read on the last poll, of all peers it knows. What to "
-        "do when up < known: find the member that is down and restore it before another "
-        "one fails. " + runbook("etcdpeerdown"),
+        "Peers that answered their API on the last poll, of all peers it knows, and those "
+        "whose own /metrics page answered (none on backends without one). What to do when "
+        "up < known: find the member that is down and restore it before another one fails. "
+        + runbook("etcdpeerdown"),
         [target(f"sum(watchdog_etcd_peer_up{{{P}}})", "up"),
-         target(f"count(watchdog_etcd_peer_up{{{P}}})", "known")],
+         target(f"count(watchdog_etcd_peer_up{{{P}}})", "known"),
+         target(f"sum(watchdog_etcd_metrics_up{{{P}}})", "metrics page up")],
         unit="short",
     ), 4, 5)
     b.add(stat(

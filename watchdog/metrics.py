@@ -260,6 +260,9 @@ PEER_FAMILIES: dict[str, tuple[str, str]] = {
     "watchdog_etcd_peer_poll_cycle": (G, "The etcd poll cycle whose results this peer's series show."),
     "watchdog_etcd_peer_up": (G, "1 if the peer answered its API in the last poll (a JSON or gRPC "
                               "read, or an etcd auth refusal), 0 if it did not."),
+    "watchdog_etcd_metrics_up": (G, "1 if the peer's /metrics page answered with etcd's metrics, "
+                                 "0 if not; absent on backends that have no such page "
+                                 "(antietcd)."),
     "watchdog_etcd_peer_info": (G, "Identity of the etcd peer (always 1). backend: etcd, kine, "
                                 "etcd-adapter, antietcd or unknown, told from what the server "
                                 "serves, not from the version it claims."),
@@ -402,6 +405,9 @@ class SnapshotCollector(Collector):
             out["watchdog_etcd_peer_poll_cycle"].append(
                 f"watchdog_etcd_peer_poll_cycle{{{lp}}} {p.cycle}")
             out["watchdog_etcd_peer_up"].append(f"watchdog_etcd_peer_up{{{lp}}} {_bool(p.up)}")
+            if p.metrics_up is not None:
+                out["watchdog_etcd_metrics_up"].append(
+                    f"watchdog_etcd_metrics_up{{{lp}}} {_bool(p.metrics_up)}")
             out["watchdog_etcd_peer_info"].append(
                 f'watchdog_etcd_peer_info{{{lp},member_id="{_lv(p.member_id)}",'
                 f'version="{_lv(p.version)}",tls="{"true" if p.tls else "false"}",'
