@@ -36,6 +36,7 @@ SECTIONS: dict[str, tuple[str, str, float]] = {
     "load": ("s4_etcd_load", "4. Load on a real etcd", 120),
     "smoke": ("s5_smoke", "5. Smoke gate", 180),
     "micro": ("s6_micro", "6. Micro-benchmarks (bench_parse.py, bench_tripwire.py)", 180),
+    "render": ("s7_render", "7. /metrics render", 240),
 }
 
 

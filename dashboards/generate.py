@@ -10,7 +10,8 @@ Edit this file, not the JSON; tests/unit/test_dashboards.py fails when they disa
 Query rules (the e2e test evaluates every expression against a real Prometheus after
 replacing `$__rate_interval` with `1m` and `$instance` / `$peer` / `$gateway` with `.*`):
 - select series only through the P, G and W selectors below (`instance=~"$instance"` plus
-  `peer=~"$peer"` or `gateway=~"$gateway"`);
+  `peer=~"$peer"` or `gateway=~"$gateway"`); etcd's own series (Prometheus' scrape of etcd)
+  only joined with ETCD_SCRAPE, which picks them by the peers' endpoints;
 - no other Grafana variables inside expressions;
 - only metric names from docs/metrics.md (plus the histograms' _bucket/_sum/_count);
 - replicas (an HA pair of one shard) must not double-count: take one value per peer or
@@ -48,6 +49,10 @@ P = f'{W},peer=~"$peer"'
 G = f'{W},gateway=~"$gateway"'
 RI = "$__rate_interval"
 ONE = "max without (instance, pod)"  # one value per peer or gateway, however many replicas
+# etcd's own scrape, narrowed to the members of the cluster (and peers) picked above: its
+# `instance` is the host:port of a peer's client URL (`endpoint` on watchdog_etcd_peer_info).
+ETCD_SCRAPE = (f'max by (instance) (label_replace(watchdog_etcd_peer_info{{{P}}}, "instance", '
+               '"$1", "endpoint", "https?://([^/]+)/?"))')
 RUNBOOK = "https://github.com/watchdog-project/watchdog/blob/main/docs/runbook.md"
 Panel = tsb.Panel | sb.Panel | tb.Panel
 
@@ -258,11 +263,13 @@ def fleet() -> dm.Dashboard:
     ), 4, 5)
     b.add(stat(
         "Peers up",
-        "Peers whose /metrics watchdog read on the last poll, of all peers it knows. What to "
-        "do when up < known: find the member that is down and restore it before another "
-        "one fails. " + runbook("etcdpeerdown"),
+        "Peers that answered their API on the last poll, of all peers it knows, and those "
+        "whose own /metrics page answered (none on backends without one). What to do when "
+        "up < known: find the member that is down and restore it before another one fails. "
+        + runbook("etcdpeerdown"),
         [target(f"sum({ONE} (watchdog_etcd_peer_up{{{P}}}))", "up"),
-         target(f"count({ONE} (watchdog_etcd_peer_up{{{P}}}))", "known")],
+         target(f"count({ONE} (watchdog_etcd_peer_up{{{P}}}))", "known"),
+         target(f"sum({ONE} (watchdog_etcd_metrics_up{{{P}}}))", "metrics page up")],
         unit="short",
     ), 4, 5)
     b.add(stat(
@@ -393,7 +400,8 @@ def fleet() -> dm.Dashboard:
             target(f"{ONE} (watchdog_etcd_client_connections_steady_state{{{P}}})",
                    "{{peer}} connections steady state"),
             target(f"{ONE} (watchdog_etcd_watch_streams{{{P}}})", "{{peer}} streams"),
-            target(f"{ONE} (watchdog_etcd_connections_without_stream{{{P}}})",
+            target(f"{ONE} (watchdog_etcd_client_connections{{{P}}}) - "
+                   f"{ONE} (watchdog_etcd_watch_streams{{{P}}})",
                    "{{peer}} connections without a stream"),
         ],
         unit="short",
@@ -411,13 +419,12 @@ def fleet() -> dm.Dashboard:
     ), 12, 8)
     b.add(timeseries(
         "Watchers and slow watchers",
-        "Watchers registered, unsynced (slow) watchers, and gRPC Watch streams open. Slow "
+        "Watchers registered and unsynced (slow) watchers. Slow "
         "watchers that never drop to 0 mean the watch system is overloaded. What to do: "
         + runbook("etcdslowwatchers"),
         [
             target(f"{ONE} (watchdog_etcd_watchers{{{P}}})", "{{peer}} watchers"),
             target(f"{ONE} (watchdog_etcd_slow_watchers{{{P}}})", "{{peer}} slow watchers"),
-            target(f"{ONE} (watchdog_etcd_grpc_watch_streams_open{{{P}}})", "{{peer}} gRPC watch streams"),
         ],
         unit="short",
         min_=0,
@@ -453,7 +460,7 @@ def fleet() -> dm.Dashboard:
         )],
         unit="ops",
         min_=0,
-    ), 8)
+    ), 12)
     b.add(timeseries(
         "Last probe succeeded",
         "1 if the last probe through each API succeeded. What to do when json stays at 0 and "
@@ -461,18 +468,7 @@ def fleet() -> dm.Dashboard:
         [target(f"min by (peer, api) (watchdog_etcd_probe_success{{{P}}})", "{{peer}} {{api}}")],
         unit="bool_yes_no",
         min_=0,
-    ), 8)
-    b.add(timeseries(
-        "JSON probe phases (last probe)",
-        "Where the last JSON-gateway probe spent its time. A long processing phase after a "
-        "fast connect is the stream-limit queue. What to do then: "
-        + runbook("etcdjsongatewaystalled"),
-        [target(f"max by (peer, phase) (watchdog_etcd_probe_phase_seconds{{{P}}})",
-                "{{peer}} {{phase}}")],
-        unit="s",
-        stack=True,
-        draw=cm.GraphDrawStyle.BARS,
-    ), 8)
+    ), 12)
 
     b.row("Storage and disk")
     b.add(timeseries(
@@ -489,17 +485,24 @@ def fleet() -> dm.Dashboard:
         min_=0,
         overrides=[style("quota", color="red")],
     ), 8)
-    for name, metric, rec, anchor in (
-        ("WAL fsync p99", "watchdog_etcd_wal_fsync_duration_seconds", 0.01, "etcdhighfsyncdurations"),
-        ("Backend commit p99", "watchdog_etcd_backend_commit_duration_seconds", 0.025,
-         "etcdhighcommitdurations"),
+    for name, own, mirrored, rec, anchor in (
+        ("WAL fsync p99", "etcd_disk_wal_fsync_duration_seconds",
+         "watchdog_etcd_wal_fsync_duration_seconds", 0.01, "etcdhighfsyncdurations"),
+        ("Backend commit p99", "etcd_disk_backend_commit_duration_seconds",
+         "watchdog_etcd_backend_commit_duration_seconds", 0.025, "etcdhighcommitdurations"),
     ):
         b.add(timeseries(
             name,
-            f"p99 from the histogram mirrored from etcd. etcd recommends < {rec * 1000:g} ms. "
-            "What to do above it: move etcd to a faster, unshared disk. " + runbook(anchor),
-            [target(f"histogram_quantile(0.99, sum by (peer, le) (rate({metric}_bucket{{{P}}}[{RI}])))",
-                    "{{peer}}")],
+            f"p99 of etcd's own histogram, from Prometheus' scrape of etcd (every etcd member "
+            "it scrapes, by instance), and of watchdog's copy where etcd.mirror_histograms is "
+            f"on (by peer). etcd recommends < {rec * 1000:g} ms. What to do above it: move "
+            "etcd to a faster, unshared disk. " + runbook(anchor),
+            [
+                target(f"histogram_quantile(0.99, sum by (instance, le) (rate({own}_bucket[{RI}]) "
+                       f"and on (instance) {ETCD_SCRAPE}))", "{{instance}}"),
+                target(f"histogram_quantile(0.99, sum by (peer, le) "
+                       f"(rate({mirrored}_bucket{{{P}}}[{RI}])))", "{{peer}} (mirrored)"),
+            ],
             unit="s",
             min_=0,
             steps=thresholds(("green", None), ("red", rec)),
@@ -516,15 +519,7 @@ def fleet() -> dm.Dashboard:
         unit="short",
         min_=0,
         overrides=[style(".* limit", color="red")],
-    ), 12)
-    b.add(timeseries(
-        "Revision",
-        "etcd revision seen by the last successful read probe on each peer. A peer whose line "
-        "stops while the others climb is not serving reads. What to do then: "
-        + runbook("etcdpeerprobesfailing"),
-        [target(f"max by (peer) (watchdog_etcd_revision{{{P}}})", "{{peer}}")],
-        unit="short",
-    ), 12)
+    ), 24)
 
     b.row("watchdog itself")
     b.add(timeseries(
@@ -608,7 +603,7 @@ def gateways() -> dm.Dashboard:
         )],
         unit="ops",
         min_=0,
-    ), 8)
+    ), 12)
     b.add(timeseries(
         "Last admin call succeeded",
         "1 if the last admin call succeeded. What to do at 0: " + runbook("gatewayadminfailing"),
@@ -616,17 +611,7 @@ def gateways() -> dm.Dashboard:
                 "{{gateway}} {{call}}")],
         unit="bool_yes_no",
         min_=0,
-    ), 8)
-    b.add(timeseries(
-        "Admin call phases (last call)",
-        "Where the last admin call spent its time. What to do when the processing phase "
-        "dominates: the gateway waits on etcd, see " + runbook("gatewayadminslow"),
-        [target(f"max by (gateway, phase) (watchdog_gateway_admin_phase_seconds{{{G}}})",
-                "{{gateway}} {{phase}}")],
-        unit="s",
-        stack=True,
-        draw=cm.GraphDrawStyle.BARS,
-    ), 8)
+    ), 12)
 
     b.row("Config sync")
     b.add(stat(

@@ -443,6 +443,9 @@ class EtcdConfig(Model):
     grpc_probes: bool = True
     max_metrics_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     connections_top_n: int = Field(default=10, ge=1, le=100)
+    # Copy etcd's own fsync and commit histograms into watchdog's output (Prometheus
+    # usually scrapes them from etcd itself: off by default).
+    mirror_histograms: bool = False
     max_concurrent_polls: int = Field(default=16, ge=1, le=1024)
     # etcd's --max-concurrent-streams where it was set (invisible over the wire); the
     # overrides are keyed by member name or client URL.

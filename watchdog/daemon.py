@@ -19,7 +19,7 @@ from watchdog.metrics import SnapshotCollector, make_registry
 from watchdog.reducer import Reducer
 from watchdog.render import Renderer
 from watchdog.scheduler import Job, run_every
-from watchdog.shard import OnlyExported, Shard, ShardInfo
+from watchdog.shard import Shard, ShardInfo, exported
 from watchdog.snapshot import Snapshot
 from watchdog.state import StateError, StateStore
 from watchdog.tripwire import TripwireBank, TripwireSettings, saved_state_problem
@@ -54,8 +54,11 @@ class Daemon:
         self.tripwire = make_tripwire(config, clock)
         self.reducer = Reducer(config, self.tripwire, clock)
         self.registry, self.metrics = make_registry(registry)
-        self.exported = OnlyExported(SnapshotCollector(self.snapshot), config.etcd.connections)
-        self.renderer = Renderer(self.registry, [self.exported, self.metrics.tasks],
+        # A per-host agent (etcd.connections: local) exports only its peer's connections.
+        collector = SnapshotCollector(
+            self.snapshot, lambda: self.config.etcd.mirror_histograms,
+            exported=lambda name: exported(name, self.config.etcd.connections))
+        self.renderer = Renderer(self.registry, [collector, self.metrics.tasks],
                                  self.snapshot, config.etcd.interval, self.metrics.renders.inc)
         self.registry.register(ShardInfo(lambda: self.config))
         self.state = StateStore(Path(config.state_dir), validate=saved_state_problem)

@@ -22,10 +22,12 @@ from watchdog.results import Reason
 from watchdog.shard import Shard
 from watchdog.snapshot import (
     HISTORY,
+    LATENCY_BUCKETS,
     Calls,
     GatewayState,
     PeerState,
     Snapshot,
+    buckets_for,
     frozen_map,
 )
 from watchdog.tripwire import TripwireBank
@@ -51,21 +53,30 @@ class Settings:
     factor: float = 2.0
     fanout: tuple[FanoutEntry, ...] = ()
     names: Mapping[str, str] = field(default_factory=dict)  # configured: endpoint -> label
+    probe_buckets: tuple[float, ...] = LATENCY_BUCKETS  # fitted to etcd.timeout
+    admin_buckets: Mapping[str, tuple[float, ...]] = field(default_factory=frozen_map)
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
+        etcd_timeout = config.etcd.timeout
         return cls(
             grpc_probes=config.etcd.grpc_probes, names=config.etcd.endpoint_names,
             factor=config.tripwire.factor,
             fanout=tuple(FanoutEntry(gw.name, gw.expected_streams(), gw.etcd_endpoint)
                          for gw in config.gateways),
+            probe_buckets=buckets_for(etcd_timeout),
+            admin_buckets=frozen_map({gw.name: buckets_for(gw.timeout or etcd_timeout)
+                                      for gw in config.gateways}),
         )
+
+    def admin_bounds(self, gateway: str) -> tuple[float, ...]:
+        return self.admin_buckets.get(gateway, self.probe_buckets)
 
 
 def initial(config: Config, now: float) -> Snapshot:
     """The snapshot before any job ran: the configured gateways, no peers yet."""
     settings = Settings.from_config(config)
-    gateways = {gw.name: _new_gateway(gw.name, gw.admin_url)
+    gateways = {gw.name: _new_gateway(gw.name, gw.admin_url, settings)
                 for gw in Shard.of(config).gateways(config.gateways)}
     return Snapshot(started=now, taken=now, factor=settings.factor,
                     interval=config.etcd.interval, gateways=frozen_map(gateways))
@@ -85,7 +96,7 @@ def reduce(prev: Snapshot, result: object, now: float, wires: TripwireBank,
     if isinstance(result, Discovery):
         return apply_discovery(prev, result, wires, settings)
     if isinstance(result, GatewayPoll):
-        return _with_gateway(prev, apply_gateway_poll(prev, result, now), now)
+        return _with_gateway(prev, apply_gateway_poll(prev, result, now, settings), now)
     if isinstance(result, SmokeRun):
         return _with_gateway(prev, apply_smoke(prev, result, now), now)
     raise TypeError(f"no reducer for {type(result).__name__}")
@@ -145,7 +156,8 @@ def apply_polls(prev: Snapshot, polls: Iterable[PeerPoll], now: float, wires: Tr
             wires.identify(cluster, {})
     peers = dict(prev.peers)
     for name, poll in named:
-        peers[name] = _polled_peer(peers[name], poll, cycle, now, wires)
+        peers[name] = _polled_peer(peers[name], poll, cycle, now, wires,
+                                   settings.probe_buckets)
     for name, streams in expected_streams(polls, settings.fanout, prev.members).items():
         if name in peers:
             peers[name] = replace(peers[name], expected_streams=streams)
@@ -153,7 +165,7 @@ def apply_polls(prev: Snapshot, polls: Iterable[PeerPoll], now: float, wires: Tr
 
 
 def _polled_peer(old: PeerState, poll: PeerPoll, cycle: int, now: float,
-                 wires: TripwireBank) -> PeerState:
+                 wires: TripwireBank, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> PeerState:
     probes = dict(old.probes)
     # A transport the backend lacks (gRPC on antietcd, say) has no series at all: not a
     # zero, not a failure.
@@ -161,7 +173,7 @@ def _polled_peer(old: PeerState, poll: PeerPoll, cycle: int, now: float,
     for result in poll.probes:
         key = (result.api, result.op)
         probes[key] = result
-        calls[key] = calls.get(key, Calls()).record(result)
+        calls[key] = calls.get(key, Calls.empty(bounds)).record(result)
     poll_failures = old.poll_failures
     if not poll.up and poll.reason is not None:
         poll_failures = _inc(poll_failures, poll.reason)
@@ -224,7 +236,8 @@ def expected_streams(polls: list[PeerPoll], fanout: Iterable[FanoutEntry],
     return expected
 
 
-def apply_gateway_poll(prev: Snapshot, poll: GatewayPoll, now: float) -> GatewayState | None:
+def apply_gateway_poll(prev: Snapshot, poll: GatewayPoll, now: float,
+                       settings: Settings | None = None) -> GatewayState | None:
     old = prev.gateways.get(poll.name)
     if old is None:
         return None
@@ -232,7 +245,8 @@ def apply_gateway_poll(prev: Snapshot, poll: GatewayPoll, now: float) -> Gateway
     admin = dict(old.admin)
     admin[called.op] = called
     calls = dict(old.admin_calls)
-    calls[called.op] = calls.get(called.op, Calls()).record(called)
+    bounds = (settings or Settings()).admin_bounds(poll.name)
+    calls[called.op] = calls.get(called.op, Calls.empty(bounds)).record(called)
     new = replace(old, polled=True, last_poll=now, admin=frozen_map(admin),
                   admin_calls=frozen_map(calls))
     if poll.ready is not None:
@@ -263,14 +277,17 @@ def _with_gateway(prev: Snapshot, gw: GatewayState | None, now: float) -> Snapsh
 
 def _new_peer(name: str, url: str, tls: bool, member_id: str, settings: Settings) -> PeerState:
     # Every probe's series exist from the start, at zero, so rate() and alerts see them.
-    calls = {key: Calls() for key in ETCD_PROBES if settings.grpc_probes or key[0] != "grpc"}
+    calls = {key: Calls.empty(settings.probe_buckets) for key in ETCD_PROBES
+             if settings.grpc_probes or key[0] != "grpc"}
     return PeerState(name=name, endpoint=url, tls=tls, member_id=member_id,
                      calls=frozen_map(calls))
 
 
-def _new_gateway(name: str, admin_url: str) -> GatewayState:
+def _new_gateway(name: str, admin_url: str, settings: Settings) -> GatewayState:
+    bounds = settings.admin_bounds(name)
     return GatewayState(name=name, admin_url=admin_url,
-                        admin_calls=frozen_map({call: Calls() for call in ADMIN_CALLS}))
+                        admin_calls=frozen_map({call: Calls.empty(bounds)
+                                                for call in ADMIN_CALLS}))
 
 
 def _inc(counts: Mapping[str, int], reason: Reason | str) -> Mapping[str, int]:
@@ -308,7 +325,8 @@ class Reducer:
         gateways = {}
         for gw in Shard.of(config).gateways(config.gateways):
             state = old.get(gw.name)
-            gateways[gw.name] = (_new_gateway(gw.name, gw.admin_url) if state is None
+            gateways[gw.name] = (_new_gateway(gw.name, gw.admin_url, self.settings)
+                                 if state is None
                                  else replace(state, admin_url=gw.admin_url))
         self.snapshot = replace(self.snapshot, factor=self.settings.factor,
                                 gateways=frozen_map(gateways))

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import prometheus_client
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -32,6 +33,13 @@ from prometheus_client.registry import Collector
 from watchdog.snapshot import Snapshot
 
 EOF = b"# EOF\n"
+
+
+@runtime_checkable
+class TextWriter(Protocol):
+    """Writes its part of the page as exposition text from one snapshot."""
+
+    def render(self, snap: Snapshot, openmetrics: bool = False) -> str: ...
 
 
 @dataclass
@@ -54,8 +62,14 @@ class Renderer:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.live = live
         self.registry = CollectorRegistry(auto_describe=False)
+        # Collectors that write their own text from a snapshot (SnapshotCollector.render) skip
+        # prometheus_client's metric objects; the rest go through a registry.
+        self.writers: list[TextWriter] = []
         for collector in per_cycle if isinstance(per_cycle, list) else [per_cycle]:
-            self.registry.register(collector)
+            if isinstance(collector, TextWriter):
+                self.writers.append(collector)
+            else:
+                self.registry.register(collector)
         self.latest = latest
         self.min_interval = min_interval
         self.on_render = on_render
@@ -95,15 +109,21 @@ class Renderer:
                 return page
             if self.on_render is not None:
                 self.on_render()
-            render = generate_openmetrics if openmetrics else generate_latest
             loop = asyncio.get_running_loop()
-            body = await loop.run_in_executor(self._thread, render, self.registry)
-            if openmetrics and body.endswith(EOF):
-                body = body[:-len(EOF)]
+            body = await loop.run_in_executor(self._thread, self._render, snap, openmetrics)
             page = Page(body, OPENMETRICS_CONTENT_TYPE if openmetrics else CONTENT_TYPE_LATEST,
                         snap, self.clock())
             self._pages[openmetrics] = page
             return page
+
+    def _render(self, snap: Snapshot, openmetrics: bool) -> bytes:
+        """The snapshot part of the page (runs in the render thread)."""
+        parts = [w.render(snap, openmetrics).encode() for w in self.writers]
+        render = generate_openmetrics if openmetrics else generate_latest
+        rest = render(self.registry)
+        if openmetrics and rest.endswith(EOF):
+            rest = rest[:-len(EOF)]
+        return b"".join((*parts, rest))
 
     async def gzipped(self, page: Page) -> bytes:
         """The snapshot part gzip-compressed, made once per render."""

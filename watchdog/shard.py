@@ -33,7 +33,6 @@ ORDINAL = re.compile(r"-(\d+)$")
 CONNECTION_FAMILIES = frozenset({
     "watchdog_etcd_client_connections",
     "watchdog_etcd_client_connections_by_remote",
-    "watchdog_etcd_connections_without_stream",
     "watchdog_etcd_client_connections_steady_state",
     "watchdog_etcd_client_connections_tripwire",
 })
@@ -147,19 +146,6 @@ def exported(name: str, connections: str) -> bool:
     if connections != "local" or not name.startswith(TARGET_PREFIXES):
         return True
     return name in CONNECTION_FAMILIES
-
-
-class OnlyExported(Collector):
-    """Wraps a collector, dropping the families `exported` says this mode leaves out."""
-
-    def __init__(self, inner: Collector, connections: str) -> None:
-        self.inner = inner
-        self.connections = connections
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self.inner.collect():
-            if exported(family.name, self.connections):
-                yield family
 
 
 class ShardInfo(Collector):

@@ -24,9 +24,19 @@ if TYPE_CHECKING:
     from watchdog.verdict import Finding
 
 HISTORY = 120  # points kept per peer for the status page chart
-LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)
+# Few buckets, since every one is a series per peer or gateway: one for a healthy call (a read
+# takes milliseconds), one at 1 s (the alerts' threshold), one at half the timeout (so a
+# quantile past 1 s reads above 1 s). A call slower than its timeout is a failure, never an
+# observation: no bucket above it but +Inf.
+LOW_BOUNDS = (0.05, 1.0)
+
+
+def buckets_for(timeout: float) -> tuple[float, ...]:
+    """The finite bucket bounds of a latency histogram for calls bounded by `timeout`."""
+    return tuple(sorted({b for b in (*LOW_BOUNDS, timeout / 2) if 0 < b < timeout}))
+
+
+LATENCY_BUCKETS = buckets_for(5.0)  # the default etcd.timeout
 REASONS = tuple(r.value for r in Reason)
 
 
@@ -43,22 +53,27 @@ def frozen_map(items: Mapping[K, V] | None = None) -> Mapping[K, V]:
 class Latency:
     """A cumulative latency histogram: counts per bucket (not cumulative), total and sum."""
 
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
     counts: tuple[int, ...] = (0,) * len(LATENCY_BUCKETS)
     count: int = 0
     total: float = 0.0
 
+    @classmethod
+    def empty(cls, bounds: tuple[float, ...]) -> Latency:
+        return cls(bounds, (0,) * len(bounds))
+
     def observe(self, seconds: float) -> Latency:
         counts = list(self.counts)
-        for i, bound in enumerate(LATENCY_BUCKETS):
+        for i, bound in enumerate(self.bounds):
             if seconds <= bound:
                 counts[i] += 1
                 break
-        return Latency(tuple(counts), self.count + 1, self.total + seconds)
+        return Latency(self.bounds, tuple(counts), self.count + 1, self.total + seconds)
 
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound, cumulative count) pairs, +Inf last, as exposition wants them."""
         out, running = [], 0
-        for bound, n in zip(LATENCY_BUCKETS, self.counts, strict=True):
+        for bound, n in zip(self.bounds, self.counts, strict=True):
             running += n
             out.append((bound, running))
         out.append((float("inf"), self.count))
@@ -70,6 +85,10 @@ class Calls:
     """Accumulated outcomes of one kind of call: latency of successes, failures by reason."""
 
     latency: Latency = field(default_factory=Latency)
+
+    @classmethod
+    def empty(cls, bounds: tuple[float, ...]) -> Calls:
+        return cls(latency=Latency.empty(bounds))
     failures: Mapping[str, int] = field(default_factory=lambda: frozen_map(
         dict.fromkeys(REASONS, 0)))
 

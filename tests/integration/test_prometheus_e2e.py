@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, WatchdogProcess
+from tests.fleet import series_per_target
 from tests.helpers import http_get, require_tool
 from tests.unit.test_dashboards import all_expressions, empty_when_healthy, substitute
 from watchdog.lab.cluster import EtcdCluster, free_port
@@ -75,9 +76,10 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
     binary = require_tool("prometheus")
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(target: str, alertmanager: str | None = None, window: str | None = None
-              ) -> Prometheus:
-        """Scrape watchdog at `target` (host:port); send alerts to `alertmanager` (host:port)."""
+    def start(target: str, alertmanager: str | None = None, window: str | None = None,
+              etcd: tuple[str, str] | None = None) -> Prometheus:
+        """Scrape watchdog at `target` (host:port); send alerts to `alertmanager` (host:port);
+        also scrape etcd itself at `etcd` (client URL, CA file), as Prometheus usually does."""
         rules = shortened_rules(tmp_path / "rules", window)
         config = tmp_path / "prometheus.yml"
         settings: dict[str, Any] = {
@@ -87,6 +89,12 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
             "scrape_configs": [{"job_name": "watchdog",
                                 "static_configs": [{"targets": [target]}]}],
         }
+        if etcd:
+            url, ca_file = etcd
+            settings["scrape_configs"].append({
+                "job_name": "etcd", "scheme": url.split("://")[0],
+                "tls_config": {"ca_file": ca_file},
+                "static_configs": [{"targets": [url.split("://")[1].rstrip("/")]}]})
         if alertmanager:
             settings["alerting"] = {"alertmanagers": [
                 {"api_version": "v2", "timeout": "2s",
@@ -173,12 +181,25 @@ async def test_dashboards_and_alerts_in_a_real_prometheus(
         "tripwire": {"warmup": "3s", "hold": "30s"},
         "smoke": {"interval": "2s", "timeout": "5s"},
     }))
-    prom = prometheus(proc.url.removeprefix("http://"))
+    prom = prometheus(proc.url.removeprefix("http://"),
+                      etcd=(endpoint, str(cluster.tls_files.ca_file)))
     await wait_for(lambda: prom.query('watchdog_etcd_watch_streams_steady_state'), 30,
                    "steady state scraped")
     await wait_for(lambda: prom.query('watchdog_gateway_smoke_success == 1'), 30,
                    "smoke results scraped")
     await asyncio.sleep(3)  # a few more scrapes so rate() windows hold two samples
+
+    # The series budget (docs/metrics.md) on the live page: warmed up, smoke results in, the
+    # peer on this host (its socket-table series counted too); and promtool accepts the page.
+    page = await asyncio.to_thread(proc.metrics)
+    per_peer, per_gateway = series_per_target(page)
+    print(f"\nseries per peer {dict(per_peer)}, per gateway {dict(per_gateway)}")
+    assert len(per_peer) == 1 and max(per_peer.values()) <= 40, per_peer
+    assert set(per_gateway) == {"gw-a", "gw-b"} and max(per_gateway.values()) <= 15, per_gateway
+    lint = await asyncio.to_thread(
+        subprocess.run, [require_tool("promtool"), "check", "metrics"], input=page, text=True,
+        capture_output=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
     empty = []
     checked = 0

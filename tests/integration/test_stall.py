@@ -83,8 +83,8 @@ async def test_263_watches(tls: bool, make_cluster: Callable[..., EtcdCluster],
             assert proc.output().count("stream headroom low peer=") == 1  # once, not per poll
             assert sample(text, "watchdog_etcd_probe_success", api="json", op="range") == 0.0
             assert json_timeouts(text) - before >= 3, "JSON probes time out poll after poll"
-            gap = sample(text, "watchdog_etcd_connections_without_stream")
-            assert gap is not None and gap >= WATCHES - 250
+            conns = sample(text, "watchdog_etcd_client_connections")
+            assert conns is not None and conns - streams >= WATCHES - 250
         else:
             assert streams == WATCHES
             assert sample(text, "watchdog_etcd_stream_limit_exposed") == 0.0

@@ -256,6 +256,8 @@ def test_direct_rules_use_only_etcd_metrics() -> None:
         "etcd_debugging_mvcc_watch_stream_total",
         "etcd_debugging_mvcc_slow_watcher_total",
         "etcd_server_version",
+        "etcd_disk_wal_fsync_duration_seconds_bucket",
+        "etcd_disk_backend_commit_duration_seconds_bucket",
     }
 
 

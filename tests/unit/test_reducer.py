@@ -114,7 +114,7 @@ def test_first_cycle_discovers_then_polls_all_under_one_cycle_number(page: PeerM
         True, 12, "3.5.1", True, 42)
     json_range = peer.calls[("json", "range")]
     assert (json_range.latency.count, json_range.latency.total) == (1, 0.004)
-    assert json_range.latency.cumulative()[2] == (0.005, 1)  # 4 ms falls in the 5 ms bucket
+    assert json_range.latency.cumulative()[0] == (0.05, 1)  # 4 ms falls in the 50 ms bucket
     assert peer.calls[("json", "status")].failures["timeout"] == 1
     assert peer.calls[("grpc", "status")].latency.count == 0  # pre-created at zero
     assert not snap.ready()
