@@ -51,8 +51,10 @@ RI = "$__rate_interval"
 ONE = "max without (instance, pod)"  # one value per peer or gateway, however many replicas
 # etcd's own scrape, narrowed to the members of the cluster (and peers) picked above: its
 # `instance` is the host:port of a peer's client URL (`endpoint` on watchdog_etcd_peer_info).
-ETCD_SCRAPE = (f'max by (instance) (label_replace(watchdog_etcd_peer_info{{{P}}}, "instance", '
-               '"$1", "endpoint", "https?://([^/]+)/?"))')
+# Replicas first folded into one series per peer: label_replace would give two replicas'
+# series the same labels, which Prometheus refuses.
+ETCD_SCRAPE = (f'max by (instance) (label_replace({ONE} (watchdog_etcd_peer_info{{{P}}}), '
+               '"instance", "$1", "endpoint", "https?://([^/]+)/?"))')
 RUNBOOK = "https://github.com/watchdog-project/watchdog/blob/main/docs/runbook.md"
 Panel = tsb.Panel | sb.Panel | tb.Panel
 

@@ -334,7 +334,10 @@ async def test_ha_pair_alerts_once_per_peer_and_dashboards_match_one_replica(
 
         def agree() -> bool:
             nonlocal problems
-            problems = compare()
+            try:
+                problems = compare()
+            except Exception as exc:  # a query Prometheus refused: say which
+                problems = [f"query failed: {exc!r}"]
             return not problems
         try:
             await asyncio.to_thread(wait_until, agree, 20, 1.0, "dashboards agree")
