@@ -300,9 +300,16 @@ class Reducer:
     def apply(self, result: object) -> tuple[Snapshot, Snapshot]:
         """Apply one result; returns (previous, next) so callers can log what changed.
         The next snapshot carries the findings computed from its own numbers."""
+        return self.apply_all((result,))
+
+    def apply_all(self, results: Iterable[object]) -> tuple[Snapshot, Snapshot]:
+        """Apply results in order, then compute the findings once: a burst of gateway
+        results costs one findings pass (which reads every peer and gateway), not one each."""
         prev = self.snapshot
         now = self.clock()
-        snap = reduce(prev, result, now, self.wires, self.settings)
+        snap = prev
+        for result in results:
+            snap = reduce(snap, result, now, self.wires, self.settings)
         found = self.findings.update(evaluate(snap, now, self.finding_settings), now)
         if snap is not prev or found != snap.findings:
             snap = replace(snap, findings=found)
