@@ -44,7 +44,7 @@ class BodyTooLarge(Exception):
     """The body (on the wire or decoded) is over the cap."""
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1 << 16)  # one entry per URL called: a few per peer and gateway
 def split_url(url: str) -> tuple[bool, str, int, str, str]:
     """(https, host, port, request target, Host header) of an http(s) URL; ValueError if bad."""
     parts = urlsplit(url)
