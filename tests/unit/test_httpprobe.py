@@ -13,8 +13,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import pytest
 import aiohttp
+import pytest
 import trustme
 from aiohttp import web
 

@@ -308,8 +308,8 @@ def test_stream_headroom_crossing_is_logged_once_each_way(page: PeerMetrics) -> 
 
 
 def test_a_batch_of_results_gives_what_they_give_one_by_one(page: PeerMetrics) -> None:
-    one, clock1, _ = make_reducer()
-    batch, clock2, _ = make_reducer()
+    one, _, _ = make_reducer()
+    batch, _, _ = make_reducer()
     slow = ProbeResult(api="admin", op="get_missing_route", ok=False, duration=4.0,
                        reason=Reason.TIMEOUT)
     fast = ProbeResult(api="admin", op="get_missing_route", ok=True, duration=0.03)
