@@ -77,10 +77,12 @@ MISSED_NOTES = {
             "wanted lines are found by one trie-regex scan (see \"What each step bought\" in "
             "section 1); what is left is a fresh TCP connection per poll (kept on purpose), "
             "inflating the gzip page, parsing ~65 lines and recording them",
-    "cpu": "the gateway results were each followed by a full findings pass over every peer and "
-           "gateway (quadratic in the fleet); they are now applied in batches, one findings "
-           "pass per batch; the HTTP calls go through the lean client; the rest is the series "
-           "and the render (section 7)",
+    "cpu": "tried: gateway results applied in batches (one findings pass and one copy of "
+           "the gateway map per batch; per result it was quadratic in the fleet), every HTTP "
+           "call through the lean client, one redactor per gateway; left: each peer costs a "
+           "/metrics fetch, 2 JSON probes and a parse every 5 s on fresh connections "
+           "(~0.5-1 ms of asyncio and kernel work per call), 600 calls/s plus 200 admin "
+           "calls/s at this size; meeting 33 % needs fewer or kept-alive connections",
     "rss": "the series set per peer and gateway decides most of it (lean series, issue #17 "
            "part 1); the polls hold no page after parsing",
     "render": "the render is the lean-series text writer's job (section 7)",
