@@ -14,6 +14,7 @@ phases and failure reasons are the same (see :func:`watchdog.httpprobe.timed_req
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import ssl as ssl_module
@@ -22,7 +23,7 @@ import zlib
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
     from watchdog.httpprobe import _Trace
@@ -46,8 +47,9 @@ class BodyTooLarge(Exception):
 
 
 @lru_cache(maxsize=1 << 16)  # one entry per URL called: a few per peer and gateway
-def split_url(url: str) -> tuple[bool, str, int, str, str]:
-    """(https, host, port, request target, Host header) of an http(s) URL; ValueError if bad."""
+def split_url(url: str) -> tuple[bool, str, int, str, str, str | None]:
+    """(https, host, port, request target, Host header, Authorization header for the URL's
+    user and password, as aiohttp sends it) of an http(s) URL; ValueError if bad."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("not an http(s) URL")
@@ -59,7 +61,11 @@ def split_url(url: str) -> tuple[bool, str, int, str, str]:
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if any(c in target or c in host_header for c in "\r\n "):
         raise ValueError("invalid characters in URL")
-    return https, host, port, target, host_header
+    auth = None
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        auth = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    return https, host, port, target, host_header, auth
 
 
 @lru_cache(maxsize=4096)
@@ -328,8 +334,10 @@ async def fetch(
     """One request on a new connection: (status, decoded body). Raises OSError (connect,
     reset), ssl.SSLError, socket.gaierror, Disconnected, Malformed or BodyTooLarge; the caller
     holds the deadline. `ssl` is the context for https URLs (required for them)."""
-    https, host, port, target, host_header = split_url(url)
+    https, host, port, target, host_header, auth = split_url(url)
     body = None if json_body is None else json.dumps(json_body).encode()
+    if auth is not None and not (headers and any(k.lower() == "authorization" for k in headers)):
+        headers = {**(headers or {}), "Authorization": auth}
     request = _request_bytes(method, target, host_header, headers, body)
     if https and ssl is None:
         raise ValueError("https URL without an SSL context")

@@ -362,3 +362,13 @@ async def test_fresh_connection_sessions_use_the_lean_client() -> None:
     assert result.ok and result.body == {"got": {"a": [1]}, "key": "v"}
     assert seen == ["watchdog"]
     assert {"connect", "processing", "transfer"} <= set(result.phases)
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_auth(session) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"auth": request.headers.get("Authorization", "")})
+
+    async with serve(handler) as base:
+        url = base.replace("http://", "http://us%40er:p%3Ass@") + "/"
+        result = await timed_request(session, "GET", url, api="metrics", op="m", timeout=2)
+    assert result.ok and result.body == {"auth": "Basic dXNAZXI6cDpzcw=="}
