@@ -94,18 +94,18 @@ MISSED_NOTES = {
 
 
 def render_numbers(s: dict[str, Any]) -> tuple[float | None, float | None, str]:
-    """HOOK for section 7 (bench/s7_render.py, written apart): (CPU ms of one /metrics
-    render at 1,000 + 1,000, uncompressed bytes, where from). Section 7's result is read by
-    the keys `render_cpu_ms` and `metrics_bytes` (top level, or under `"1000+1000"`); when it
-    is absent or failed, section 3's own 1,000 + 1,000 block (the agent's render hook and a
-    real scrape) gives them."""
+    """(CPU ms of one /metrics render at 1,000 + 1,000, uncompressed bytes, where from).
+    Section 7 (bench/s7_render.py) gives them in its `rows` (`render_cpu_ms_median`,
+    `bytes`, the row with 1,000 peers and 1,000 gateways); without it, section 3's own
+    1,000 + 1,000 block (the agent's render hook and a real scrape) does."""
     render = s.get("render", {})
     if render.get("ok"):
-        row = render.get("1000+1000", render)
-        if row.get("render_cpu_ms") is not None:
-            return row.get("render_cpu_ms"), row.get("metrics_bytes"), "section 7"
-    big = s.get("fleet", {}).get("sizes", {}).get("1000+1000") if s.get("fleet", {}).get("ok") \
-        else None
+        rows = [r for r in render.get("rows", [])
+                if r.get("peers") == 1000 and r.get("gateways") == 1000]
+        if rows and rows[0].get("render_cpu_ms_median") is not None:
+            return rows[0]["render_cpu_ms_median"], rows[0].get("bytes"), "section 7"
+    fleet = s.get("fleet", {})
+    big = fleet.get("sizes", {}).get("1000+1000") if fleet.get("ok") else None
     if big:
         return big.get("render_cpu_ms"), big.get("metrics_bytes"), "section 3"
     return None, None, ""
