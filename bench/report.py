@@ -684,6 +684,25 @@ def ab_table() -> str:
             + table(["", "before (peers.py, sockets.py as committed)", "after"], rows) + "\n")
 
 
+def section_render(sec: dict[str, Any]) -> str:
+    out = ["## 7. /metrics render\n"]
+    if not sec.get("ok"):
+        return out[0] + failed("7", sec)
+    rows = [[f"{r['peers']:,} + {r['gateways']:,}", f(r.get("render_cpu_ms_median")),
+             f"{f(r.get('render_cpu_ms_min'))}-{f(r.get('render_cpu_ms_max'))}",
+             f(r.get("gzip_cpu_ms")), f(r.get("bytes", 0) / 1e6, 2),
+             f(r.get("gzip_bytes", 0) / 1e6, 2), f(r.get("lines")),
+             f(r.get("series_per_peer_max")), f(r.get("series_per_gateway_max"))]
+            for r in sec.get("rows", [])]
+    out.append(table(["peers + gateways", "render CPU ms (median)", "min-max", "gzip CPU ms",
+                      "MB", "MB gzip", "lines", "series per peer", "series per gateway"],
+                     rows))
+    out.append(f"\nTargets: <= {f(sec.get('target_cpu_ms'), 0)} ms, <= "
+               f"{f((sec.get('target_bytes') or 0) / 1e6, 0)} MB. Clock: {sec.get('clock')}. "
+               f"Method: `bench/s7_render.py`.\n")
+    return "\n".join(out)
+
+
 def section_scrape(sec: dict[str, Any]) -> str:
     out = ["## 8. Probe latency under scrape load\n"]
     if not sec.get("ok"):
@@ -713,7 +732,7 @@ def render(data: dict[str, Any]) -> str:
     parts = [header(data), targets_summary(s), other_checks(s)]
     for name, fn in (("poll", section_poll), ("admin", section_admin), ("fleet", section_fleet),
                      ("load", section_load), ("smoke", section_smoke), ("micro", section_micro),
-                     ("scrape", section_scrape)):
+                     ("render", section_render), ("scrape", section_scrape)):
         if name in s:
             parts.append(fn(s[name]))
     parts.append(CHANGES.replace("{ab}", ab_table()))
