@@ -9,7 +9,7 @@ they do; each call appends one JSON line to RECORDS.jsonl:
   and wall seconds of each cycle;
 - `snapshot_connections` (in the daemon's worker thread): wall and thread CPU seconds, and
   the number of sockets in the snapshot;
-- `generate_latest` as the /metrics renderer calls it (once per cycle, in a worker
+- `Renderer._render`, the snapshot part of /metrics (once per cycle, in the render
   thread): wall and thread CPU seconds, bytes.
 """
 
@@ -61,16 +61,16 @@ def install(records: Path) -> None:
 
     job_module.snapshot_connections = snapshot
 
-    original_render = render_module.generate_latest
+    original_render = render_module.Renderer._render
 
-    def generate_latest(registry):  # type: ignore[no-untyped-def]
+    def _render(self, snap, openmetrics):  # type: ignore[no-untyped-def]
         w0, c0 = time.perf_counter(), time.thread_time()
-        body = original_render(registry)
+        body = original_render(self, snap, openmetrics)
         emit(kind="render", wall=time.perf_counter() - w0, cpu=time.thread_time() - c0,
              bytes=len(body), lines=body.count(b"\n"))
         return body
 
-    render_module.generate_latest = generate_latest
+    render_module.Renderer._render = _render  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

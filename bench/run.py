@@ -1,7 +1,7 @@
 """The benchmark runner: every section against its peer measured in the same run, one report.
 
     python bench/run.py            # full run (about 8-10 minutes on 2 cores)
-    python bench/run.py --quick    # short run (about 3 minutes)
+    python bench/run.py --quick    # short run (about 6 minutes)
     python bench/run.py --only poll,fleet
 
 Writes docs/benchmarks.md (tables, machine and versions) and bench/results/latest.json (every
@@ -37,6 +37,7 @@ SECTIONS: dict[str, tuple[str, str, float]] = {
     "smoke": ("s5_smoke", "5. Smoke gate", 180),
     "micro": ("s6_micro", "6. Micro-benchmarks (bench_parse.py, bench_tripwire.py)", 180),
     "render": ("s7_render", "7. /metrics render", 240),
+    "scrape": ("scrape_load", "8. Probe latency under scrape load", 300),
 }
 
 
@@ -81,7 +82,7 @@ def spawn_section(name: str, quick: bool) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short run (about 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short run (about 6 minutes)")
     parser.add_argument("--only", help="comma-separated sections: " + ",".join(SECTIONS))
     parser.add_argument("--json", type=Path, default=BENCH / "results" / "latest.json")
     parser.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")

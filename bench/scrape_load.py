@@ -4,6 +4,8 @@ alternating phases of one run (0, 100, 0, 100, ...).
 
     python bench/scrape_load.py [--peers 200] [--phase 30] [--rounds 2] [--rate 100]
 
+Also section "scrape" of bench/run.py (`run(quick)`: 15 s phases, one round, when quick).
+
 JSON-probe latency per phase comes from the agent's own histogram
 (watchdog_etcd_probe_duration_seconds{api="json"}: sum/count deltas for the mean, bucket
 deltas for the median), read at each phase boundary. Before the render was cached, 215
@@ -109,7 +111,7 @@ def scrape_at(url: str, rate: float, stop: threading.Event, done: list[int]) -> 
         t.join(30)
 
 
-def run(peers: int, phase: float, rounds: int, rate: float) -> dict[str, Any]:
+def measure(peers: int, phase: float, rounds: int, rate: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmpdir, Children() as children:
         tmp = Path(tmpdir)
         ready = tmp / "replay.json"
@@ -160,9 +162,18 @@ def run(peers: int, phase: float, rounds: int, rate: float) -> dict[str, Any]:
         return values[len(values) // 2] if values else None
 
     idle, loaded = med(0.0, "json_median_ms"), med(rate, "json_median_ms")
+    change = loaded / idle - 1.0 if idle and loaded else None
     return {"peers": peers, "gateways": peers, "phase_s": phase, "rate": rate,
             "phases": phases, "json_median_ms_idle": idle, "json_median_ms_loaded": loaded,
-            "ratio": loaded / idle if idle and loaded else None}
+            "ratio": loaded / idle if idle and loaded else None,
+            "json_median_change": change,
+            "target": "JSON probe p50 moves by < 10 % between 0 and 100 scrapes/s",
+            "target_met": None if change is None else abs(change) < 0.10}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """The bench/run.py section: 200 + 200, 0 and 100 scrapes/s in alternating phases."""
+    return measure(200, 15.0 if quick else 30.0, 1 if quick else 2, 100.0)
 
 
 def main() -> int:
@@ -172,7 +183,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rate", type=float, default=100.0)
     args = parser.parse_args()
-    result = run(args.peers, args.phase, args.rounds, args.rate)
+    result = measure(args.peers, args.phase, args.rounds, args.rate)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"JSON median idle {result['json_median_ms_idle']} ms, at {args.rate:g} scrapes/s "
           f"{result['json_median_ms_loaded']} ms, ratio {result['ratio']}")

@@ -1,4 +1,8 @@
-"""timed_request against small real aiohttp servers on loopback."""
+"""timed_request against small real aiohttp servers on loopback.
+
+Tests taking the `session` fixture run twice: on a pooled aiohttp session and on a
+fresh-connection one, whose calls go through the lean HTTP/1.1 client (watchdog.http1).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import aiohttp
 import pytest
 import trustme
 from aiohttp import web
@@ -39,9 +44,10 @@ async def serve(
         await runner.cleanup()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[object]:
-    async with make_session() as s:
+@pytest.fixture(params=["aiohttp", "lean"])
+async def session(request: pytest.FixtureRequest) -> AsyncIterator[object]:
+    connector = aiohttp.TCPConnector(force_close=True) if request.param == "lean" else None
+    async with make_session(connector=connector) as s:
         yield s
 
 
@@ -298,3 +304,71 @@ async def test_connection_reset_is_refused(session) -> None:
         await task
         listener.close()
     assert result.reason is Reason.REFUSED, result
+
+
+async def test_chunked_gzip_and_deflate_bodies_decode(session) -> None:
+    page = b"etcd_server_has_leader 1\n" * 4000
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        coding = request.query.get("c")
+        if coding:
+            resp.enable_compression(web.ContentCoding(coding))
+        await resp.prepare(request)
+        for i in range(0, len(page), 7000):
+            await resp.write(page[i : i + 7000])
+        await resp.write_eof()
+        return resp
+
+    async with serve(handler) as base:
+        for coding in ("", "gzip", "deflate"):
+            result = await timed_request(session, "GET", f"{base}/?c={coding}", api="metrics",
+                                         op="metrics", timeout=2, expect_json=False)
+            assert result.ok, (coding, result)
+            assert result.body == page
+        capped = await timed_request(session, "GET", f"{base}/?c=gzip", api="metrics",
+                                     op="metrics", timeout=2, expect_json=False,
+                                     max_body=len(page) - 1)
+    assert capped.reason is Reason.PROTOCOL and capped.detail.startswith("body over")
+
+
+async def test_truncated_body_is_protocol(session) -> None:
+    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1000)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"a\": 1")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(short, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        result = await timed_request(session, "GET", f"http://127.0.0.1:{port}/", api="json",
+                                     op="range", timeout=2)
+    assert result.reason is Reason.PROTOCOL, result
+
+
+async def test_fresh_connection_sessions_use_the_lean_client() -> None:
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("User-Agent", ""))
+        return web.json_response({"got": await request.json(), "key": request.headers["K"]})
+
+    async with serve(handler) as base, \
+            make_session(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        result = await timed_request(s, "PUT", base + "/x", api="admin", op="put", timeout=2,
+                                     json_body={"a": [1]}, headers={"K": "v"})
+    assert result.ok and result.body == {"got": {"a": [1]}, "key": "v"}
+    assert seen == ["watchdog"]
+    assert {"connect", "processing", "transfer"} <= set(result.phases)
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_auth(session) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"auth": request.headers.get("Authorization", "")})
+
+    async with serve(handler) as base:
+        url = base.replace("http://", "http://us%40er:p%3Ass@") + "/"
+        result = await timed_request(session, "GET", url, api="metrics", op="m", timeout=2)
+    assert result.ok and result.body == {"auth": "Basic dXNAZXI6cDpzcw=="}

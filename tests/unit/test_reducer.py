@@ -5,6 +5,7 @@ Results are built from real types (PeerPoll with a page parsed from a captured e
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from pathlib import Path
@@ -386,3 +387,53 @@ def test_state_of_the_same_cluster_judges_at_once(page: PeerMetrics) -> None:
                                       before=Discovery((A,), cluster_id="aaaa")))
     wire = snap.peers["etcd-0"].wires["watch_streams"]
     assert wire.tripped and wire.steady == 10 and bank.drain_warnings() == []
+
+
+def test_a_batch_of_results_gives_what_they_give_one_by_one(page: PeerMetrics) -> None:
+    one, _, _ = make_reducer()
+    batch, _, _ = make_reducer()
+    slow = ProbeResult(api="admin", op="get_missing_route", ok=False, duration=4.0,
+                       reason=Reason.TIMEOUT)
+    fast = ProbeResult(api="admin", op="get_missing_route", ok=True, duration=0.03)
+    results = [EtcdCycle(polls=(up_poll(A, page, 10),), before=Discovery((A,))),
+               GatewayPoll("gw-1", fast), GatewayPoll("gw-1", slow), GatewayPoll("nope", fast)]
+    for result in results:
+        one.apply(result)
+    prev, snap = batch.apply_all(results)
+    assert prev.cycle == 0 and snap is batch.snapshot
+    a, b = one.snapshot.gateways["gw-1"], snap.gateways["gw-1"]
+    assert a.admin_calls == b.admin_calls and a.admin == b.admin
+    assert b.admin_calls["get_missing_route"].failures["timeout"] == 1
+    assert [f.id for f in one.snapshot.findings] == [f.id for f in snap.findings]
+    assert any(m.startswith("admin call failed gateway=gw-1") for _, m in changes(prev, snap))
+
+
+async def test_the_daemon_applies_queued_gateway_results_together(tmp_path: Path) -> None:
+    from watchdog.daemon import BATCH_DELAY, Daemon
+
+    config = config_from_dict({
+        "etcd": {"endpoints": [A.url]},
+        "gateways": [{"name": f"gw-{i}", "admin_url": f"http://127.0.0.1:{9180 + i}"}
+                     for i in range(3)],
+        "state_dir": str(tmp_path),
+    })
+    daemon = Daemon(config)
+    calls: list[int] = []
+    apply_all = daemon.reducer.apply_all
+
+    def counting(results):  # type: ignore[no-untyped-def]
+        results = list(results)
+        calls.append(len(results))
+        return apply_all(results)
+
+    daemon.reducer.apply_all = counting  # type: ignore[method-assign]
+    fast = ProbeResult(api="admin", op="get_missing_route", ok=True, duration=0.03)
+    for i in range(3):
+        daemon.deliver_batched(GatewayPoll(f"gw-{i}", fast))
+    assert not any(g.polled for g in daemon.snapshot().gateways.values())
+    await asyncio.sleep(BATCH_DELAY * 3)
+    assert calls == [3]
+    assert all(g.polled for g in daemon.snapshot().gateways.values())
+    daemon.deliver_batched(GatewayPoll("gw-0", fast))
+    await daemon.stop()  # flushes what is queued
+    assert calls == [3, 1]

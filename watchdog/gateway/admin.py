@@ -13,6 +13,21 @@ from watchdog.results import ProbeResult, Reason
 
 ADMIN_PREFIX = "/apisix/admin"
 PROBE_ROUTE_ID = "watchdog-probe-absent"
+# A client is made per poll; its redactor (a regex over the key's forms) is made once per
+# gateway config. More than the re module's own cache holds with a thousand distinct keys.
+_REDACTORS: dict[int, tuple[GatewayConfig, Redactor]] = {}
+_REDACTORS_MAX = 4096
+
+
+def _redactor(gateway: GatewayConfig) -> Redactor:
+    cached = _REDACTORS.get(id(gateway))
+    if cached is not None and cached[0] is gateway:
+        return cached[1]
+    if len(_REDACTORS) >= _REDACTORS_MAX:
+        _REDACTORS.clear()  # configs were reloaded many times: start over
+    redactor = Redactor.for_gateway(gateway)
+    _REDACTORS[id(gateway)] = (gateway, redactor)
+    return redactor
 
 
 class AdminClient:
@@ -24,7 +39,7 @@ class AdminClient:
         self.session = session
         key = gateway.admin_key
         self._headers = {"X-API-KEY": key.get_secret_value()} if key is not None else {}
-        self.redactor = Redactor.for_gateway(gateway)
+        self.redactor = _redactor(gateway)
 
     def _url(self, path: str) -> str:
         return f"{self.gateway.admin_url}{ADMIN_PREFIX}{path}"
