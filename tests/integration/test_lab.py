@@ -91,7 +91,7 @@ def test_lab_up_writes_a_valid_config(tmp_path: Path) -> None:
         checked = subprocess.run([sys.executable, "-m", "watchdog", "check-config", str(config)],
                                  capture_output=True, text=True, timeout=30)
         assert checked.returncode == 0, checked.stderr
-        assert "gw-1" in checked.stdout and "expects 2 watch streams (modern sync)" in checked.stdout
+        assert "gw-1" in checked.stdout and "expects 3 watch streams (modern sync)" in checked.stdout
         assert "faults=stale" in log.read_text()
     finally:
         assert stop(proc, signal.SIGTERM) == 0
