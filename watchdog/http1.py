@@ -7,7 +7,7 @@ calls come here instead: one asyncio Protocol that writes one request with
 ``Connection: close`` and parses one response (Content-Length, chunked or read to close;
 gzip and deflate), with a strict size cap on both the wire bytes and the decoded body.
 
-It fills the same :class:`~watchdog.httpprobe._Trace` as the aiohttp path, so results,
+It fills the same :class:`Trace` as the aiohttp path in httpprobe, so results,
 phases and failure reasons are the same (see :func:`watchdog.httpprobe.timed_request`).
 """
 
@@ -21,12 +21,56 @@ import ssl as ssl_module
 import time
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-if TYPE_CHECKING:
-    from watchdog.httpprobe import _Trace
+
+@dataclass
+class Trace:
+    """Timestamps (perf_counter) of one request's milestones."""
+
+    start: float
+    dns_start: float | None = None
+    dns_end: float | None = None
+    create_start: float | None = None
+    tls_start: float | None = None
+    create_end: float | None = None
+    conn_ready: float | None = None
+    headers: float | None = None
+    status: int | None = None  # the response status, once its head is in
+
+    def phase(self) -> str:
+        """The phase the request is in right now."""
+        if self.headers is not None:
+            return "transfer"
+        if self.conn_ready is not None:
+            return "processing"
+        if self.tls_start is not None:
+            return "tls"
+        if self.create_start is not None:
+            return "connect"
+        if self.dns_start is not None:
+            return "resolve"
+        return "connect"
+
+    def phases(self, end: float | None) -> dict[str, float]:
+        """Durations of the phases the request completed."""
+        out: dict[str, float] = {}
+        if self.dns_start is not None and self.dns_end is not None:
+            out["resolve"] = self.dns_end - self.dns_start
+        if self.create_start is not None and self.create_end is not None:
+            if self.tls_start is not None and self.create_start <= self.tls_start:
+                out["connect"] = self.tls_start - self.create_start
+                out["tls"] = self.create_end - self.tls_start
+            else:
+                out["connect"] = self.create_end - self.create_start
+        if self.conn_ready is not None and self.headers is not None:
+            out["processing"] = self.headers - self.conn_ready
+        if self.headers is not None and end is not None:
+            out["transfer"] = end - self.headers
+        return out
+
 
 MAX_HEADER_BYTES = 64 * 1024
 _RECV_SIZE = 256 * 1024
@@ -82,7 +126,7 @@ def _is_ip(host: str) -> bool:
 _dns: dict[tuple[str, int], tuple[float, list[tuple[str, int]]]] = {}
 
 
-async def _addresses(host: str, port: int, trace: _Trace) -> list[tuple[str, int]]:
+async def _addresses(host: str, port: int, trace: Trace) -> list[tuple[str, int]]:
     """The addresses to try, resolving (and timing it) only for names not cached."""
     if _is_ip(host):
         return [(host, port)]
@@ -105,7 +149,7 @@ async def _addresses(host: str, port: int, trace: _Trace) -> list[tuple[str, int
 class _Response(asyncio.Protocol):
     """Reads one response; `done` resolves to (status, body) or an exception."""
 
-    def __init__(self, trace: _Trace, max_body: int) -> None:
+    def __init__(self, trace: Trace, max_body: int) -> None:
         self.trace = trace
         self.max_body = max_body
         self.done: asyncio.Future[tuple[int, bytes]] = \
@@ -324,7 +368,7 @@ def _request_bytes(
 async def fetch(
     method: str,
     url: str,
-    trace: _Trace,
+    trace: Trace,
     *,
     ssl: ssl_module.SSLContext | None,
     json_body: object = None,
@@ -376,7 +420,7 @@ async def fetch(
 
 async def _plain(
     loop: asyncio.AbstractEventLoop, addresses: list[tuple[str, int]], request: bytes,
-    trace: _Trace, max_body: int,
+    trace: Trace, max_body: int,
 ) -> tuple[int, bytes]:
     """Plain HTTP on the loop's socket calls: no transport, no protocol callbacks. This is
     what most of the lean client's savings come from (a third of the transport path's CPU)."""

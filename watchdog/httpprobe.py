@@ -35,65 +35,19 @@ import socket
 import ssl as ssl_module
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 
 from watchdog import http1
+from watchdog.http1 import Trace as _Trace
 from watchdog.results import ProbeResult, Reason
 
 DEFAULT_MAX_BODY = 1 << 20
 ERROR_TEXT_MAX = 512
 _READ_CHUNK = 64 * 1024
 _DETAIL_MAX = 120
-
-
-@dataclass
-class _Trace:
-    """Timestamps (perf_counter) of one request's milestones."""
-
-    start: float
-    dns_start: float | None = None
-    dns_end: float | None = None
-    create_start: float | None = None
-    tls_start: float | None = None
-    create_end: float | None = None
-    conn_ready: float | None = None
-    headers: float | None = None
-    status: int | None = None  # the response status, once its head is in
-
-    def phase(self) -> str:
-        """The phase the request is in right now."""
-        if self.headers is not None:
-            return "transfer"
-        if self.conn_ready is not None:
-            return "processing"
-        if self.tls_start is not None:
-            return "tls"
-        if self.create_start is not None:
-            return "connect"
-        if self.dns_start is not None:
-            return "resolve"
-        return "connect"
-
-    def phases(self, end: float | None) -> dict[str, float]:
-        """Durations of the phases the request completed."""
-        out: dict[str, float] = {}
-        if self.dns_start is not None and self.dns_end is not None:
-            out["resolve"] = self.dns_end - self.dns_start
-        if self.create_start is not None and self.create_end is not None:
-            if self.tls_start is not None and self.create_start <= self.tls_start:
-                out["connect"] = self.tls_start - self.create_start
-                out["tls"] = self.create_end - self.tls_start
-            else:
-                out["connect"] = self.create_end - self.create_start
-        if self.conn_ready is not None and self.headers is not None:
-            out["processing"] = self.headers - self.conn_ready
-        if self.headers is not None and end is not None:
-            out["transfer"] = end - self.headers
-        return out
 
 
 # The request being made in this task; read by _TimedSSLObject during the handshake.
