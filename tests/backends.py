@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -31,6 +30,7 @@ import pytest
 from tests.helpers import stop_process
 from watchdog.etcd.client import b64
 from watchdog.lab.cluster import EtcdCluster, PortTakenError, TLSFiles, etcd_version, free_port
+from watchdog.lab.servers import tcp_open
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = REPO / "scripts" / "servers"
@@ -236,14 +236,6 @@ class Server:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _tcp_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def _wait_process(proc: subprocess.Popen[bytes], log: Path, ready: Any, timeout: float,
                   what: str) -> None:
     deadline = time.monotonic() + timeout
@@ -309,7 +301,7 @@ def start_mariadb(workdir: Path, procs: list[subprocess.Popen[bytes]]) -> str:
                          "--bind-address=127.0.0.1", "--user=root", "--skip-grant-tables",
                          "--skip-log-bin", "--innodb-buffer-pool-size=16M",
                          f"--pid-file={workdir / 'mariadb.pid'}"], log))
-    _wait_process(procs[-1], log, lambda: _tcp_open(port), 60, "mariadbd")
+    _wait_process(procs[-1], log, lambda: tcp_open(port), 60, "mariadbd")
     return f"mysql://root@tcp(127.0.0.1:{port})/kine"
 
 
@@ -342,7 +334,7 @@ def start_kine(backend: Backend, workdir: Path, *, tls: bool = False) -> Server:
                     workdir=workdir, procs=[_spawn(cmd, log), *procs])
 
     def ready() -> bool:
-        return _tcp_open(port) and server.http("GET", "/metrics", base=metrics, timeout=1)[0] == 200
+        return tcp_open(port) and server.http("GET", "/metrics", base=metrics, timeout=1)[0] == 200
 
     try:
         _wait_process(server.procs[0], log, ready, 30, f"kine {backend.version}")

@@ -146,7 +146,7 @@ class ShimCluster:
                                    f"127.0.0.1:{mport}"], member.name)
         self.metrics_url = f"http://127.0.0.1:{mport}/metrics"
         url = self.metrics_url
-        self._wait(lambda: _tcp_open(port) and _http(url, None)[0] == 200)
+        self._wait(lambda: tcp_open(port) and _http(url, None)[0] == 200)
 
     def _start_antietcd(self) -> None:
         ports = [free_port() for _ in range(3)]
@@ -204,7 +204,8 @@ class ShimCluster:
                     m.proc.wait(timeout=10)
 
 
-def _tcp_open(port: int) -> bool:
+def tcp_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
